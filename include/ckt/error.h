@@ -1,0 +1,71 @@
+/*
+ * ckt/error.h — error codes shared by every ckt function.
+ *
+ * Every ckt function that can fail returns an int: 0 (CKT_OK) on success or
+ * one of the negative CKT_ERR_* codes below.  Each function's documentation
+ * lists the codes it can return.  ckt_strerror() turns a code into one
+ * short English sentence fragment; it is thread-safe and never returns NULL.
+ *
+ * When a function returns CKT_ERR_IO, errno still holds the system error of
+ * the failing call, so tools can say "cannot open X: <strerror(errno)>".
+ */
+#ifndef CKT_ERROR_H
+#define CKT_ERROR_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define CKT_EXTERN __attribute__((visibility("default")))
+#else
+#define CKT_EXTERN
+#endif
+
+enum {
+  CKT_OK = 0,
+  /* A caller passed a NULL pointer, an empty name, an out-of-range value. */
+  CKT_ERR_INVALID_ARGUMENT = -1,
+  /* An allocation failed. */
+  CKT_ERR_NOMEM = -2,
+  /* A system call failed; errno tells which. */
+  CKT_ERR_IO = -3,
+  /* The file to be created already exists; ckt never overwrites it. */
+  CKT_ERR_EXISTS = -4,
+  /* A file that must exist does not. */
+  CKT_ERR_NOT_FOUND = -5,
+  /* Input is malformed: bad PEM armor, bad DER, truncated data. */
+  CKT_ERR_FORMAT = -6,
+  /* Input exceeds a hard limit (file size, field length, count). */
+  CKT_ERR_TOO_LARGE = -7,
+  /* A key or certificate is not Ed25519. */
+  CKT_ERR_KEY_TYPE = -8,
+  /* The passphrase is wrong or the encrypted key file was altered. */
+  CKT_ERR_PASSPHRASE = -9,
+  /* The key file is encrypted and no passphrase was available. */
+  CKT_ERR_PASSPHRASE_REQUIRED = -10,
+  /* The certificate was not signed by the trusted CA. */
+  CKT_ERR_CERT_UNTRUSTED = -11,
+  /* The certificate's validity period has ended. */
+  CKT_ERR_CERT_EXPIRED = -12,
+  /* The certificate's validity period has not started yet. */
+  CKT_ERR_CERT_NOT_YET_VALID = -13,
+  /* The certificate meant to act as CA is not a CA (no CA flag). */
+  CKT_ERR_CERT_NOT_CA = -14,
+  /* A private key does not belong to the certificate it is paired with. */
+  CKT_ERR_KEY_MISMATCH = -15,
+  /* The crypto library failed internally (RNG, signing). */
+  CKT_ERR_CRYPTO = -16,
+  /* A passphrase callback gave up (user pressed Ctrl-D, no terminal). */
+  CKT_ERR_CANCELED = -17
+};
+
+/* Returns a static, human-readable description of an error code.
+ * Unknown codes give "unknown error".  Thread-safe. */
+CKT_EXTERN const char *ckt_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CKT_ERROR_H */

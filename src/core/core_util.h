@@ -1,0 +1,20 @@
+/*
+ * core_util.h — small helpers every layer uses: wiping secrets, OS
+ * randomness, hex.
+ */
+#ifndef CKT_CORE_UTIL_H
+#define CKT_CORE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Zeroes memory in a way the compiler may not elide. */
+void ckt_secure_zero(void *p, size_t n);
+/* Fills buf with bytes from the kernel's CSPRNG (getrandom).
+ * CKT_OK or CKT_ERR_IO. */
+int ckt_random_bytes(void *buf, size_t n);
+/* Writes 2*n lowercase hex digits and a NUL into out (size >= 2n+1);
+ * with sep != 0, puts sep between bytes (size >= 3n). */
+void ckt_hex_encode(char *out, const uint8_t *in, size_t n, char sep);
+
+#endif

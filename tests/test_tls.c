@@ -70,9 +70,9 @@ Test(tls, pem_round_trip_with_headers) {
   ckt_buf b;
   ckt_pem pem;
   ckt_buf_init(&b, 4096);
-  cr_assert_eq(ckt_pem_encode(&b, "TEST BLOCK", "A: 1\nB: two\n", der,
-                              sizeof(der)),
-               CKT_OK);
+  cr_assert_eq(
+      ckt_pem_encode(&b, "TEST BLOCK", "A: 1\nB: two\n", der, sizeof(der)),
+      CKT_OK);
   cr_assert_eq(ckt_pem_decode((char *)b.data, b.len, &pem), CKT_OK);
   cr_assert_str_eq(pem.label, "TEST BLOCK");
   cr_assert_str_eq(pem.headers, "A: 1\nB: two\n");
@@ -86,13 +86,13 @@ Test(tls, pem_rejects_malformed_armor) {
   static const char *bad[] = {
       "",
       "no armor at all",
-      "-----BEGIN X-----\nAAAA\n",                    /* no END */
-      "-----BEGIN X-----\nAAAA\n-----END Y-----\n",   /* END mismatch */
-      "-----BEGIN X-----\nA$AA\n-----END X-----\n",   /* bad base64 */
-      "-----BEGIN X-----\n-----END X-----\n",         /* empty body */
-      "-----BEGIN -----\nAAAA\n-----END -----\n",     /* empty label */
+      "-----BEGIN X-----\nAAAA\n",                        /* no END */
+      "-----BEGIN X-----\nAAAA\n-----END Y-----\n",       /* END mismatch */
+      "-----BEGIN X-----\nA$AA\n-----END X-----\n",       /* bad base64 */
+      "-----BEGIN X-----\n-----END X-----\n",             /* empty body */
+      "-----BEGIN -----\nAAAA\n-----END -----\n",         /* empty label */
       "-----BEGIN X-----\nH: v\nAAAA\n-----END X-----\n", /* no blank line */
-      "-----BEGIN X\nAAAA\n-----END X-----\n",        /* broken BEGIN */
+      "-----BEGIN X\nAAAA\n-----END X-----\n",            /* broken BEGIN */
   };
   size_t i;
   for (i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
@@ -230,7 +230,8 @@ Test(tls, garbage_key_files_fail_cleanly) {
   static const char *bad[] = {
       "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
       /* PKCS#8 prefix with a 31-byte seed */
-      "-----BEGIN PRIVATE KEY-----\nMC0CAQAwBQYDK2VwBCEEHwAAAAAAAAAAAAAAAAAAAAAA"
+      "-----BEGIN PRIVATE "
+      "KEY-----\nMC0CAQAwBQYDK2VwBCEEHwAAAAAAAAAAAAAAAAAAAAAA"
       "AAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n",
       "-----BEGIN CKT ENCRYPTED PRIVATE KEY-----\nAAAA\n"
       "-----END CKT ENCRYPTED PRIVATE KEY-----\n",
@@ -257,8 +258,8 @@ Test(tls, openssl_ed25519_key_loads_with_the_same_public_key) {
 }
 
 Test(tls, other_key_algorithms_are_refused_by_type) {
-  static const char *files[] = {"rsa.key", "ec.key", "ec_trad.key",
-                                "ed448.key", "x25519.key"};
+  static const char *files[] = {"rsa.key", "ec.key", "ec_trad.key", "ed448.key",
+                                "x25519.key"};
   ckt_ed25519_key k;
   size_t i, len;
   for (i = 0; i < sizeof(files) / sizeof(files[0]); ++i) {
@@ -371,12 +372,12 @@ Test(tls, signing_with_the_wrong_ca_key_is_refused) {
   make_pki(&p, NULL);
   cr_assert_eq(ckt_key_generate(&stranger), CKT_OK);
   cr_assert_eq(ckt_key_generate(&k), CKT_OK);
-  cr_assert_eq(ckt_cert_make_leaf(&k, &stranger, p.ca, p.ca_len, NULL, &pem,
-                                  &len),
-               CKT_ERR_KEY_MISMATCH);
-  cr_assert_eq(ckt_cert_make_leaf(&k, &p.key, p.leaf, p.leaf_len, NULL, &pem,
-                                  &len),
-               CKT_ERR_CERT_NOT_CA);
+  cr_assert_eq(
+      ckt_cert_make_leaf(&k, &stranger, p.ca, p.ca_len, NULL, &pem, &len),
+      CKT_ERR_KEY_MISMATCH);
+  cr_assert_eq(
+      ckt_cert_make_leaf(&k, &p.key, p.leaf, p.leaf_len, NULL, &pem, &len),
+      CKT_ERR_CERT_NOT_CA);
   cr_assert_null(pem);
   free_pki(&p);
 }
@@ -437,8 +438,7 @@ Test(tls, rsa_certificate_is_refused_by_type) {
   cr_assert_not(info.is_ed25519);
   make_pki(&p, NULL);
   cr_assert_eq(ckt_cert_verify(p.ca, p.ca_len, rsa, len), CKT_ERR_KEY_TYPE);
-  cr_assert_eq(ckt_cert_verify(rsa, len, p.leaf, p.leaf_len),
-               CKT_ERR_KEY_TYPE);
+  cr_assert_eq(ckt_cert_verify(rsa, len, p.leaf, p.leaf_len), CKT_ERR_KEY_TYPE);
   ckt_free(rsa);
   free_pki(&p);
 }
@@ -492,8 +492,7 @@ Test(tls, identity_create_and_load, .init = setup_tmp, .fini = teardown_tmp) {
                             .passphrase_user = good_pass};
   path(certs, "certs");
   path(priv, "private");
-  cr_assert_eq(ckt_identity_make(certs, "node", priv, &o, &ca_created),
-               CKT_OK);
+  cr_assert_eq(ckt_identity_make(certs, "node", priv, &o, &ca_created), CKT_OK);
   cr_assert_eq(ca_created, 1);
   cr_assert_eq(mode_of("private"), 0700);
   cr_assert_eq(mode_of("certs"), 0700);
@@ -552,8 +551,7 @@ Test(tls, identity_never_overwrites, .init = setup_tmp, .fini = teardown_tmp) {
   ckt_free(after);
 }
 
-Test(tls, identity_names_are_checked, .init = setup_tmp,
-     .fini = teardown_tmp) {
+Test(tls, identity_names_are_checked, .init = setup_tmp, .fini = teardown_tmp) {
   char certs[512], priv[512];
   path(certs, "certs");
   path(priv, "private");
@@ -565,8 +563,8 @@ Test(tls, identity_names_are_checked, .init = setup_tmp,
                CKT_ERR_INVALID_ARGUMENT);
 }
 
-Test(tls, psk_file_is_32_random_bytes_and_not_overwritten,
-     .init = setup_tmp, .fini = teardown_tmp) {
+Test(tls, psk_file_is_32_random_bytes_and_not_overwritten, .init = setup_tmp,
+     .fini = teardown_tmp) {
   char p[512];
   struct stat st;
   path(p, "deep/dir/psk.binary");

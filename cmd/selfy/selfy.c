@@ -41,7 +41,8 @@ static const char usage_text[] =
     "\n"
     "  -ca             create a new self-signed CA (ca.crt, ca.key) in the\n"
     "                  -p directory\n"
-    "  -k NAME         create the identity NAME (NAME.crt, NAME.key) in the -o\n"
+    "  -k NAME         create the identity NAME (NAME.crt, NAME.key) in the "
+    "-o\n"
     "                  directory, signed by the CA; the CA is created first\n"
     "                  when the -p directory has none\n"
     "  -e EMAIL        email to write into the certificate (default for -k:\n"
@@ -198,8 +199,8 @@ static int passphrase_cb(void *user, const char *what, int confirm, char *buf,
     return CKT_ERR_CANCELED;
   }
   for (tries = 0; tries < 3; ++tries) {
-    snprintf(prompt, sizeof(prompt), "%s for %s: ",
-             confirm ? "New passphrase" : "Passphrase", what);
+    snprintf(prompt, sizeof(prompt),
+             "%s for %s: ", confirm ? "New passphrase" : "Passphrase", what);
     n = read_tty_line(tty, prompt, buf, bufsize);
     if (n < 0) {
       break;
@@ -367,8 +368,8 @@ static int do_verify(const selfy *s, const char *path) {
     printf("%s: OK, signed by the CA in %s\n", path, ca_path);
     return 0;
   case CKT_ERR_CERT_UNTRUSTED:
-    fprintf(stderr, "selfy: verify: %s was NOT signed by the CA in %s.\n",
-            path, ca_path);
+    fprintf(stderr, "selfy: verify: %s was NOT signed by the CA in %s.\n", path,
+            ca_path);
     return 1;
   case CKT_ERR_CERT_NOT_CA:
     fprintf(stderr, "selfy: verify: %s is not a CA certificate.\n", ca_path);
@@ -444,8 +445,7 @@ static int do_key(const selfy *s) {
   }
   if (rv != CKT_OK) {
     char what[PATH_MAX];
-    format_path(what, sizeof(what), "%s/%s.{crt,key}", s->out_dir,
-                s->key_name);
+    format_path(what, sizeof(what), "%s/%s.{crt,key}", s->out_dir, s->key_name);
     if (rv == CKT_ERR_PASSPHRASE || rv == CKT_ERR_PASSPHRASE_REQUIRED) {
       format_path(what, sizeof(what), "%s/ca.key", s->private_dir);
     }
@@ -495,7 +495,8 @@ static void parse_args(selfy *s, int argc, char **argv) {
     name = a + (a[1] == '-' ? 2 : 1);
     eq = strchr(name, '=');
     nlen = eq ? (size_t)(eq - name) : strlen(name);
-    if ((nlen == 1 && name[0] == 'h') || (nlen == 4 && !strncmp(name, "help", 4))) {
+    if ((nlen == 1 && name[0] == 'h') ||
+        (nlen == 4 && !strncmp(name, "help", 4))) {
       fputs(usage_text, stdout);
       exit(0);
     }
@@ -504,7 +505,8 @@ static void parse_args(selfy *s, int argc, char **argv) {
       exit(0);
     }
     for (f = 0; f < sizeof(flags) / sizeof(flags[0]); ++f) {
-      if (strlen(flags[f].name) == nlen && !strncmp(flags[f].name, name, nlen)) {
+      if (strlen(flags[f].name) == nlen &&
+          !strncmp(flags[f].name, name, nlen)) {
         break;
       }
     }

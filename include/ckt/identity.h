@@ -124,18 +124,18 @@ CKT_EXTERN int ckt_cert_check_key(const char *cert_pem, size_t cert_pemlen,
                                   const ckt_ed25519_key *key);
 
 typedef struct ckt_cert_info {
-  char subject[256];   /* "/CN=localhost/O=ckt/..." */
+  char subject[256]; /* "/CN=localhost/O=ckt/..." */
   char issuer[256];
-  char serial[64];     /* hex, colon-separated */
-  int64_t not_before;  /* Unix seconds, UTC */
+  char serial[64];    /* hex, colon-separated */
+  int64_t not_before; /* Unix seconds, UTC */
   int64_t not_after;
-  int is_ed25519;      /* 1 if the subject key is Ed25519 */
-  char key_type[16];   /* "Ed25519", "RSA", "ECDSA", "Ed448", "unknown" */
-  int is_ca;           /* basicConstraints CA:TRUE */
-  char sans[512];      /* "DNS:localhost, IP:127.0.0.1, email:a@b" */
-  char email[128];     /* subject emailAddress, else the first SAN email */
+  int is_ed25519;    /* 1 if the subject key is Ed25519 */
+  char key_type[16]; /* "Ed25519", "RSA", "ECDSA", "Ed448", "unknown" */
+  int is_ca;         /* basicConstraints CA:TRUE */
+  char sans[512];    /* "DNS:localhost, IP:127.0.0.1, email:a@b" */
+  char email[128];   /* subject emailAddress, else the first SAN email */
   uint8_t public_key[CKT_ED25519_KEY_LEN]; /* valid if is_ed25519 */
-  uint8_t sha256[32];  /* SHA-256 of the DER certificate */
+  uint8_t sha256[32];                      /* SHA-256 of the DER certificate */
 } ckt_cert_info;
 
 /* Reads the fields of a PEM certificate (no trust decision is made).

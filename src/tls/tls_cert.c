@@ -333,8 +333,8 @@ static int fill_subject(Cert *cert, const ckt_cert_options *opt, int is_ca) {
                                            : (is_ca ? "ckt CA" : "localhost");
   const char *unit = opt ? opt->unit : NULL;
   const char *email = opt ? opt->email : NULL;
-  uint32_t days = opt && opt->valid_days ? opt->valid_days
-                                         : CKT_CERT_DEFAULT_DAYS;
+  uint32_t days =
+      opt && opt->valid_days ? opt->valid_days : CKT_CERT_DEFAULT_DAYS;
   if (!name_ok(cn) || !name_ok(unit) || !name_ok(email) ||
       days > CKT_CERT_MAX_DAYS) {
     return CKT_ERR_INVALID_ARGUMENT;
@@ -424,13 +424,12 @@ static int make_cert(const ckt_ed25519_key *key, const ckt_ed25519_key *signer,
       wc_SetAuthKeyIdFromPublicKey_ex(&cert, ED25519_TYPE, &signer_key) != 0) {
     goto free_rng;
   }
-  n = wc_MakeCert_ex(&cert, der, sizeof(der), ED25519_TYPE, &subject_key,
-                     &rng);
+  n = wc_MakeCert_ex(&cert, der, sizeof(der), ED25519_TYPE, &subject_key, &rng);
   if (n < 0) {
     goto free_rng;
   }
-  n = wc_SignCert_ex(cert.bodySz, cert.sigType, der, sizeof(der),
-                     ED25519_TYPE, &signer_key, &rng);
+  n = wc_SignCert_ex(cert.bodySz, cert.sigType, der, sizeof(der), ED25519_TYPE,
+                     &signer_key, &rng);
   if (n < 0) {
     goto free_rng;
   }
@@ -452,8 +451,8 @@ free_subject:
   return rv;
 }
 
-int ckt_cert_make_ca(const ckt_ed25519_key *ca_key,
-                     const ckt_cert_options *opt, char **pem, size_t *pemlen) {
+int ckt_cert_make_ca(const ckt_ed25519_key *ca_key, const ckt_cert_options *opt,
+                     char **pem, size_t *pemlen) {
   return make_cert(ca_key, ca_key, NULL, 0, opt, pem, pemlen);
 }
 

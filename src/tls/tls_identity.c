@@ -100,8 +100,7 @@ int ckt_key_load(const char *path, const ckt_identity_options *opt,
 
 /* Makes a key, encrypts it if a passphrase callback is set, and writes it
  * to key_path (0600).  The key stays in *key for signing. */
-static int write_new_key(const char *key_path,
-                         const ckt_identity_options *opt,
+static int write_new_key(const char *key_path, const ckt_identity_options *opt,
                          ckt_ed25519_key *key) {
   char *pem = NULL;
   size_t pemlen = 0;
@@ -255,8 +254,8 @@ int ckt_identity_make(const char *cert_dir, const char *name,
   if ((rv = write_new_key(keyp, &o, &key)) != CKT_OK) {
     goto done;
   }
-  rv = ckt_cert_make_leaf(&key, &ca_key, ca_pem, ca_len, &o.cert, &pem,
-                          &pemlen);
+  rv =
+      ckt_cert_make_leaf(&key, &ca_key, ca_pem, ca_len, &o.cert, &pem, &pemlen);
   if (rv == CKT_OK) {
     rv = write_cert_or_undo(crt, keyp, pem, pemlen);
   } else {

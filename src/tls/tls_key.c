@@ -126,8 +126,8 @@ static int pkcs8_decode(const uint8_t *der, size_t len, ckt_ed25519_key *key) {
     ckt_cursor bits;
     uint8_t unused;
     if (ckt_der_expect(&body, 0x81, &bits) != 0 ||
-        ckt_cursor_u8(&bits, &unused) != 0 || unused != 0 ||
-        bits.left != 32 || ckt_cursor_copy(&bits, pub, 32) != 0) {
+        ckt_cursor_u8(&bits, &unused) != 0 || unused != 0 || bits.left != 32 ||
+        ckt_cursor_copy(&bits, pub, 32) != 0) {
       goto bad;
     }
     has_pub = 1;
@@ -157,8 +157,8 @@ typedef struct kdf_params {
 /* The headers are the AEAD's associated data, so the canonical text is
  * rebuilt from parsed values on decode: any change to them fails. */
 static int enc_headers(const kdf_params *kp, char *out, size_t outsz) {
-  char salt[sodium_base64_ENCODED_LEN(SALT_LEN,
-                                      sodium_base64_VARIANT_ORIGINAL)];
+  char
+      salt[sodium_base64_ENCODED_LEN(SALT_LEN, sodium_base64_VARIANT_ORIGINAL)];
   char nonce[sodium_base64_ENCODED_LEN(NONCE_LEN,
                                        sodium_base64_VARIANT_ORIGINAL)];
   int n;
@@ -224,9 +224,8 @@ static int parse_enc_headers(const char *headers, kdf_params *kp) {
       strcmp(v, "xchacha20-poly1305") != 0 ||
       header_value(headers, "KDF-Params", v, sizeof(v)) != 0 ||
       sscanf(v, "v=%u, m=%u, t=%u, p=%u%c", &ver, &m, &t, &p, &extra) != 4 ||
-      ver != 19 || p != 1 || m < KDF_MIN_M_KIB || m > KDF_MAX_M_KIB ||
-      t < 1 || t > KDF_MAX_T ||
-      header_value(headers, "Salt", v, sizeof(v)) != 0 ||
+      ver != 19 || p != 1 || m < KDF_MIN_M_KIB || m > KDF_MAX_M_KIB || t < 1 ||
+      t > KDF_MAX_T || header_value(headers, "Salt", v, sizeof(v)) != 0 ||
       b64_exact(v, kp->salt, SALT_LEN) != 0 ||
       header_value(headers, "Nonce", v, sizeof(v)) != 0 ||
       b64_exact(v, kp->nonce, NONCE_LEN) != 0) {
@@ -247,8 +246,8 @@ static int kdf(const kdf_params *kp, const char *pass, size_t passlen,
   return CKT_OK;
 }
 
-int ckt_key_to_pem(const ckt_ed25519_key *key, const char *pass,
-                   size_t passlen, char **pem, size_t *pemlen) {
+int ckt_key_to_pem(const ckt_ed25519_key *key, const char *pass, size_t passlen,
+                   char **pem, size_t *pemlen) {
   uint8_t der[48], sealed[48 + TAG_LEN];
   uint8_t k[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
   char headers[512];
@@ -282,9 +281,9 @@ int ckt_key_to_pem(const ckt_ed25519_key *key, const char *pass,
   if ((rv = kdf(&kp, pass, passlen, k)) != CKT_OK) {
     goto done;
   }
-  crypto_aead_xchacha20poly1305_ietf_encrypt(
-      sealed, NULL, der, sizeof(der), (const uint8_t *)headers, (size_t)hlen,
-      NULL, kp.nonce, k);
+  crypto_aead_xchacha20poly1305_ietf_encrypt(sealed, NULL, der, sizeof(der),
+                                             (const uint8_t *)headers,
+                                             (size_t)hlen, NULL, kp.nonce, k);
   rv = ckt_pem_encode(&out, ENC_LABEL, headers, sealed, sizeof(sealed));
 
 done:
@@ -333,8 +332,8 @@ static int decrypt_key(const ckt_pem *pem, const char *pass, size_t passlen,
     return rv;
   }
   if (crypto_aead_xchacha20poly1305_ietf_decrypt(
-          der, &der_len, NULL, pem->der, pem->der_len,
-          (const uint8_t *)headers, (size_t)hlen, kp.nonce, k) != 0) {
+          der, &der_len, NULL, pem->der, pem->der_len, (const uint8_t *)headers,
+          (size_t)hlen, kp.nonce, k) != 0) {
     rv = CKT_ERR_PASSPHRASE;
   } else {
     rv = pkcs8_decode(der, (size_t)der_len, key);

@@ -179,8 +179,7 @@ int ckt_pem_encode(ckt_buf *out, const char *label, const char *headers,
   if (!b64) {
     return CKT_ERR_NOMEM;
   }
-  sodium_bin2base64(b64, b64_len, der, der_len,
-                    sodium_base64_VARIANT_ORIGINAL);
+  sodium_bin2base64(b64, b64_len, der, der_len, sodium_base64_VARIANT_ORIGINAL);
   b64_len = strlen(b64);
   rv = ckt_buf_printf(out, "-----BEGIN %s-----\n", label);
   if (rv == CKT_OK && headers && *headers) {

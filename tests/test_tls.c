@@ -230,11 +230,11 @@ Test(tls, garbage_key_files_fail_cleanly) {
   static const char *bad[] = {
       "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
       /* PKCS#8 prefix with a 31-byte seed */
-      "-----BEGIN PRIVATE "
-      "KEY-----\nMC0CAQAwBQYDK2VwBCEEHwAAAAAAAAAAAAAAAAAAAAAA"
-      "AAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n",
-      "-----BEGIN CKT ENCRYPTED PRIVATE KEY-----\nAAAA\n"
-      "-----END CKT ENCRYPTED PRIVATE KEY-----\n",
+      ("-----BEGIN PRIVATE KEY-----\n"
+       "MC0CAQAwBQYDK2VwBCAEHwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+       "-----END PRIVATE KEY-----\n"),
+      ("-----BEGIN CKT ENCRYPTED PRIVATE KEY-----\nAAAA\n"
+       "-----END CKT ENCRYPTED PRIVATE KEY-----\n"),
   };
   ckt_ed25519_key back;
   size_t i;

@@ -42,6 +42,7 @@ check "selfy -k node -nopass creates CA and identity" \
   "$SELFY" -k node -nopass -e node@example.org
 check "files in the default layout" \
   test -f "$certs/node.crt" -a -f "$certs/node.key" -a -f "$priv/ca.crt" -a -f "$priv/ca.key"
+check "certs/ca.crt is a copy of the CA certificate" cmp "$certs/ca.crt" "$priv/ca.crt"
 check "private key modes are 0600" \
   test "$(mode "$certs/node.key")$(mode "$priv/ca.key")" = 600600
 check "directories holding keys are 0700" \

@@ -64,7 +64,17 @@ def run(args, answers, env):
         shown = shown[:shown_before].replace(prompt, b"<asked>", 1) + shown[shown_before:]
     while time.time() < deadline and read_some(0.5):
         pass
-    _, status = os.waitpid(pid, 0)
+    # A selfy still running here is stuck at a prompt: kill it and fail.
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() >= deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            os.close(fd)
+            return -1, shown + b"\n[killed: still waiting for input]"
+        time.sleep(0.05)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), shown
 

@@ -137,18 +137,21 @@ static int read_tty_line(FILE *tty, const char *prompt, char *buf,
   int fd = fileno(tty), have_termios, n;
   char *got;
 
-  fprintf(tty, "%s", prompt);
-  fflush(tty);
+  /* Echo goes off before the prompt appears, so that an answer typed the
+   * moment the prompt shows is neither echoed nor lost (TCSAFLUSH would
+   * drop it). */
   have_termios = tcgetattr(fd, &old) == 0;
   if (have_termios) {
     quiet = old;
     quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
     quiet.c_lflag |= ICANON;
-    tcsetattr(fd, TCSAFLUSH, &quiet);
+    tcsetattr(fd, TCSANOW, &quiet);
   }
+  fprintf(tty, "%s", prompt);
+  fflush(tty);
   got = fgets(buf, (int)bufsize, tty);
   if (have_termios) {
-    tcsetattr(fd, TCSAFLUSH, &old);
+    tcsetattr(fd, TCSANOW, &old);
   }
   fprintf(tty, "\n");
   if (!got) {

@@ -169,7 +169,9 @@ CKT_EXTERN int ckt_identity_make_ca(const char *private_dir,
 
 /* Writes cert_dir/name.crt and cert_dir/name.key (0600) signed by the CA in
  * private_dir; creates the CA first when private_dir has none (then
- * *ca_created = 1).  Never overwrites.  CKT_ERR_INVALID_ARGUMENT (name
+ * *ca_created = 1), and puts a copy of the CA certificate at
+ * cert_dir/ca.crt when none is there (peers verify against it; the CA key
+ * never leaves private_dir).  Never overwrites.  CKT_ERR_INVALID_ARGUMENT (name
  * empty or with '/'), CKT_ERR_EXISTS, CKT_ERR_IO, CKT_ERR_CANCELED,
  * CKT_ERR_PASSPHRASE, and the codes of ckt_key_from_pem() and
  * ckt_cert_make_leaf(). */

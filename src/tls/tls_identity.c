@@ -199,6 +199,20 @@ static int name_ok(const char *name) {
   return 1;
 }
 
+/* Puts a copy of the CA certificate (public) beside the identities, so
+ * that the certs directory alone is what another host needs to verify its
+ * peers.  An existing ca.crt there is left alone. */
+static int publish_ca(const char *cert_dir, const char *ca_pem,
+                      size_t ca_len) {
+  char path[PATH_MAX];
+  int rv = path_join(path, cert_dir, "ca", ".crt");
+  if (rv != CKT_OK) {
+    return rv;
+  }
+  rv = ckt_file_create(path, ca_pem, ca_len, 0644);
+  return rv == CKT_ERR_EXISTS ? CKT_OK : rv;
+}
+
 int ckt_identity_make(const char *cert_dir, const char *name,
                       const char *private_dir, const ckt_identity_options *opt,
                       int *ca_created) {
@@ -260,6 +274,9 @@ int ckt_identity_make(const char *cert_dir, const char *name,
     rv = write_cert_or_undo(crt, keyp, pem, pemlen);
   } else {
     unlink(keyp);
+  }
+  if (rv == CKT_OK) {
+    rv = publish_ca(cert_dir, ca_pem, ca_len);
   }
 
 done:

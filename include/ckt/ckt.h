@@ -10,6 +10,7 @@
 
 #include "ckt/error.h"
 #include "ckt/identity.h"
+#include "ckt/message.h"
 
 #define CKT_VERSION_MAJOR 0
 #define CKT_VERSION_MINOR 1

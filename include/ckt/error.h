@@ -57,7 +57,27 @@ enum {
   /* The crypto library failed internally (RNG, signing). */
   CKT_ERR_CRYPTO = -16,
   /* A passphrase callback gave up (user pressed Ctrl-D, no terminal). */
-  CKT_ERR_CANCELED = -17
+  CKT_ERR_CANCELED = -17,
+  /* A non-blocking operation would block (EAGAIN/EWOULDBLOCK): nothing is
+   * wrong, retry once the descriptor is ready. */
+  CKT_ERR_AGAIN = -18,
+  /* A deadline passed: a call's timeout, a handshake that never finished,
+   * or a peer that stopped answering (idle timeout). */
+  CKT_ERR_TIMEOUT = -19,
+  /* The connection failed or was lost (refused, reset, closed by the
+   * peer); the error text says which. */
+  CKT_ERR_CONNECTION = -20,
+  /* The TLS handshake was refused by either side (wrong CA, no or expired
+   * certificate, non-Ed25519 key); the error text says which side and
+   * why. */
+  CKT_ERR_TLS = -21,
+  /* The node or connection was closed locally before the operation
+   * finished. */
+  CKT_ERR_CLOSED = -22,
+  /* The remote handler reported an error; its text travels back. */
+  CKT_ERR_REMOTE = -23,
+  /* The remote node has no handler registered for the service. */
+  CKT_ERR_NO_SERVICE = -24
 };
 
 /* Returns a static, human-readable description of an error code.

@@ -39,6 +39,20 @@ const char *ckt_strerror(int err) {
     return "internal cryptographic failure";
   case CKT_ERR_CANCELED:
     return "canceled";
+  case CKT_ERR_AGAIN:
+    return "operation would block; try again";
+  case CKT_ERR_TIMEOUT:
+    return "timed out";
+  case CKT_ERR_CONNECTION:
+    return "connection failed or lost";
+  case CKT_ERR_TLS:
+    return "TLS handshake refused";
+  case CKT_ERR_CLOSED:
+    return "closed";
+  case CKT_ERR_REMOTE:
+    return "the remote handler reported an error";
+  case CKT_ERR_NO_SERVICE:
+    return "no such service on the remote node";
   default:
     return "unknown error";
   }

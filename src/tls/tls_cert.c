@@ -155,28 +155,45 @@ static void describe_decoded(const DecodedCert *dc, const uint8_t *der,
   crypto_hash_sha256(info->sha256, der, der_len);
 }
 
-int ckt_cert_describe(const char *text, size_t len, ckt_cert_info *info) {
+int ckt_cert_describe_der(const uint8_t *der, size_t len, ckt_cert_info *info) {
   DecodedCert dc;
+  int rv = CKT_OK;
+
+  if (!info || !der) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  memset(info, 0, sizeof(*info));
+  if (len > CKT_IDENTITY_FILE_MAX) {
+    return CKT_ERR_TOO_LARGE;
+  }
+  if ((rv = ckt_tls_init()) != CKT_OK) {
+    return rv;
+  }
+  wc_InitDecodedCert(&dc, der, (word32)len, NULL);
+  if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) != 0) {
+    rv = CKT_ERR_FORMAT;
+  } else {
+    describe_decoded(&dc, der, len, info);
+  }
+  wc_FreeDecodedCert(&dc);
+  return rv;
+}
+
+int ckt_cert_describe(const char *text, size_t len, ckt_cert_info *info) {
   ckt_pem pem;
   int rv;
 
   if (!info) {
     return CKT_ERR_INVALID_ARGUMENT;
   }
+  memset(info, 0, sizeof(*info));
   if ((rv = ckt_tls_init()) != CKT_OK) {
     return rv;
   }
-  memset(info, 0, sizeof(*info));
   if ((rv = cert_der(text, len, &pem)) != CKT_OK) {
     return rv;
   }
-  wc_InitDecodedCert(&dc, pem.der, (word32)pem.der_len, NULL);
-  if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) != 0) {
-    rv = CKT_ERR_FORMAT;
-  } else {
-    describe_decoded(&dc, pem.der, pem.der_len, info);
-  }
-  wc_FreeDecodedCert(&dc);
+  rv = ckt_cert_describe_der(pem.der, pem.der_len, info);
   ckt_pem_clear(&pem);
   return rv;
 }

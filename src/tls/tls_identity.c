@@ -202,8 +202,7 @@ static int name_ok(const char *name) {
 /* Puts a copy of the CA certificate (public) beside the identities, so
  * that the certs directory alone is what another host needs to verify its
  * peers.  An existing ca.crt there is left alone. */
-static int publish_ca(const char *cert_dir, const char *ca_pem,
-                      size_t ca_len) {
+static int publish_ca(const char *cert_dir, const char *ca_pem, size_t ca_len) {
   char path[PATH_MAX];
   int rv = path_join(path, cert_dir, "ca", ".crt");
   if (rv != CKT_OK) {

@@ -9,13 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ckt/ckt.h"
-
-enum { EXIT_USAGE = 2 };
+#include "cmdline.h"
 
 typedef struct selfy {
   int make_ca;
@@ -28,57 +26,12 @@ typedef struct selfy {
   const char *gensym;
   const char *passfile;
   int nopass;
+  int version;
   unsigned long days;
   char config_dir[PATH_MAX];
   char default_out[PATH_MAX];
   char default_private[PATH_MAX];
 } selfy;
-
-static const char usage_text[] =
-    "usage: selfy [options]\n"
-    "\n"
-    "Make Ed25519 certificates for ckt, view and verify them.\n"
-    "\n"
-    "  -ca             create a new self-signed CA (ca.crt, ca.key) in the\n"
-    "                  -p directory\n"
-    "  -k NAME         create the identity NAME (NAME.crt, NAME.key) in the "
-    "-o\n"
-    "                  directory, signed by the CA; the CA is created first\n"
-    "                  when the -p directory has none\n"
-    "  -e EMAIL        email to write into the certificate (default for -k:\n"
-    "                  NAME@host)\n"
-    "  -o DIR          where identities go (default: CONFIG/certs)\n"
-    "  -p DIR          where the CA lives (default:\n"
-    "                  CONFIG/my-keep-private-dir)\n"
-    "  -days N         validity of new certificates in days (default 3650,\n"
-    "                  at most 36500)\n"
-    "  -nopass         write private keys unencrypted (not recommended)\n"
-    "  -passfile FILE  read the passphrase from the first line of FILE\n"
-    "  -v CRT          print the fields of a certificate\n"
-    "  -verify CRT     exit 0 if the CA in -p signed CRT and it is valid now\n"
-    "  -gensym FILE    write a new 32-byte random pre-shared key to FILE (a\n"
-    "                  bare name goes into the -p directory)\n"
-    "  -h, -help       show this help\n"
-    "  -version        print the version\n"
-    "\n"
-    "Every option may also be written with two dashes (--ca, --k NAME,\n"
-    "--k=NAME).  CONFIG is $CKT_CONFIG_DIR, else $XDG_CONFIG_HOME/ckt, else\n"
-    "~/.config/ckt.  Private keys are encrypted with a passphrase (Argon2id +\n"
-    "XChaCha20-Poly1305) read from the terminal, from -passfile, or from\n"
-    "$CKT_PASSPHRASE.  selfy never overwrites an existing CA, key or file.\n";
-
-static void usage_error(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-
-static void usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, "selfy: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "\nRun 'selfy -h' for help.\n");
-  exit(EXIT_USAGE);
-}
 
 /* snprintf that treats truncation as the fatal error it would be. */
 static void format_path(char *out, size_t outsz, const char *fmt, ...)
@@ -99,17 +52,9 @@ static void format_path(char *out, size_t outsz, const char *fmt, ...) {
 /* ---- configuration directory ----------------------------------------- */
 
 static void config_dirs(selfy *s) {
-  const char *d = getenv("CKT_CONFIG_DIR");
-  const char *xdg = getenv("XDG_CONFIG_HOME");
-  const char *home = getenv("HOME");
-  if (d && *d) {
-    format_path(s->config_dir, sizeof(s->config_dir), "%s", d);
-  } else if (xdg && *xdg) {
-    format_path(s->config_dir, sizeof(s->config_dir), "%s/ckt", xdg);
-  } else if (home && *home) {
-    format_path(s->config_dir, sizeof(s->config_dir), "%s/.config/ckt", home);
-  } else {
-    format_path(s->config_dir, sizeof(s->config_dir), ".config/ckt");
+  if (ckt_config_dir(s->config_dir, sizeof(s->config_dir)) != CKT_OK) {
+    fprintf(stderr, "selfy: the configuration directory path is too long.\n");
+    exit(1);
   }
   format_path(s->default_out, sizeof(s->default_out), "%s/certs",
               s->config_dir);
@@ -118,120 +63,6 @@ static void config_dirs(selfy *s) {
 }
 
 /* ---- passphrases ------------------------------------------------------ */
-
-typedef struct pass_source {
-  const char *passfile;
-} pass_source;
-
-static int strip_newline(char *buf) {
-  size_t n = strlen(buf);
-  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) {
-    buf[--n] = 0;
-  }
-  return (int)n;
-}
-
-static int read_tty_line(FILE *tty, const char *prompt, char *buf,
-                         size_t bufsize) {
-  struct termios old, quiet;
-  int fd = fileno(tty), have_termios, n;
-  char *got;
-
-  /* Echo goes off before the prompt appears, so that an answer typed the
-   * moment the prompt shows is neither echoed nor lost (TCSAFLUSH would
-   * drop it). */
-  have_termios = tcgetattr(fd, &old) == 0;
-  if (have_termios) {
-    quiet = old;
-    quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
-    quiet.c_lflag |= ICANON;
-    tcsetattr(fd, TCSANOW, &quiet);
-  }
-  fprintf(tty, "%s", prompt);
-  fflush(tty);
-  got = fgets(buf, (int)bufsize, tty);
-  if (have_termios) {
-    tcsetattr(fd, TCSANOW, &old);
-  }
-  fprintf(tty, "\n");
-  if (!got) {
-    return CKT_ERR_CANCELED;
-  }
-  n = strip_newline(buf);
-  return n;
-}
-
-static int passphrase_cb(void *user, const char *what, int confirm, char *buf,
-                         size_t bufsize) {
-  pass_source *src = user;
-  const char *env = getenv("CKT_PASSPHRASE");
-  char again[1024], prompt[PATH_MAX + 64];
-  FILE *tty;
-  int n, tries;
-
-  if (src->passfile) {
-    FILE *f = fopen(src->passfile, "r");
-    if (!f) {
-      fprintf(stderr, "selfy: cannot read the passphrase file %s: %s.\n",
-              src->passfile, strerror(errno));
-      return CKT_ERR_CANCELED;
-    }
-    buf[0] = 0;
-    if (!fgets(buf, (int)bufsize, f)) {
-      buf[0] = 0;
-    }
-    fclose(f);
-    n = strip_newline(buf);
-    if (n == 0) {
-      fprintf(stderr, "selfy: the passphrase file %s is empty.\n",
-              src->passfile);
-      return CKT_ERR_CANCELED;
-    }
-    return n;
-  }
-  if (env && *env) {
-    n = snprintf(buf, bufsize, "%s", env);
-    return n >= 0 && (size_t)n < bufsize ? n : CKT_ERR_INVALID_ARGUMENT;
-  }
-  tty = fopen("/dev/tty", "r+");
-  if (!tty) {
-    fprintf(stderr,
-            "selfy: no terminal to ask for the passphrase of %s; set "
-            "CKT_PASSPHRASE, use -passfile FILE, or -nopass.\n",
-            what);
-    return CKT_ERR_CANCELED;
-  }
-  for (tries = 0; tries < 3; ++tries) {
-    snprintf(prompt, sizeof(prompt),
-             "%s for %s: ", confirm ? "New passphrase" : "Passphrase", what);
-    n = read_tty_line(tty, prompt, buf, bufsize);
-    if (n < 0) {
-      break;
-    }
-    if (n == 0) {
-      fprintf(tty, "An empty passphrase is not allowed (use -nopass for a "
-                   "plain key).\n");
-      continue;
-    }
-    if (!confirm) {
-      fclose(tty);
-      return n;
-    }
-    if (read_tty_line(tty, "Repeat it: ", again, sizeof(again)) < 0) {
-      n = CKT_ERR_CANCELED;
-      break;
-    }
-    if (strcmp(again, buf) == 0) {
-      memset(again, 0, sizeof(again));
-      fclose(tty);
-      return n;
-    }
-    fprintf(tty, "The passphrases differ; try again.\n");
-  }
-  memset(again, 0, sizeof(again));
-  fclose(tty);
-  return CKT_ERR_CANCELED;
-}
 
 /* ---- reporting -------------------------------------------------------- */
 
@@ -401,20 +232,21 @@ static int do_gensym(const selfy *s) {
 }
 
 static void fill_options(const selfy *s, ckt_identity_options *o,
-                         pass_source *src) {
+                         cmd_pass_source *src) {
   memset(o, 0, sizeof(*o));
   o->cert.valid_days = (uint32_t)s->days;
   o->cert.email = s->email;
+  src->prog = "selfy";
   src->passfile = s->passfile;
   if (!s->nopass) {
-    o->passphrase = passphrase_cb;
+    o->passphrase = cmd_passphrase;
     o->passphrase_user = src;
   }
 }
 
 static int do_ca(const selfy *s) {
   ckt_identity_options o;
-  pass_source src;
+  cmd_pass_source src;
   int rv;
   fill_options(s, &o, &src);
   rv = ckt_identity_make_ca(s->private_dir, &o);
@@ -430,7 +262,7 @@ static int do_ca(const selfy *s) {
 
 static int do_key(const selfy *s) {
   ckt_identity_options o;
-  pass_source src;
+  cmd_pass_source src;
   char email[64];
   int rv, ca_created = 0;
 
@@ -462,91 +294,55 @@ static int do_key(const selfy *s) {
 
 /* ---- command line ------------------------------------------------------ */
 
-typedef enum { ARG_NONE, ARG_STRING, ARG_DAYS } arg_kind;
+static const char description[] =
+    "Make Ed25519 certificates for ckt, view and verify them.";
 
-typedef struct flag {
-  const char *name;
-  arg_kind kind;
-  size_t offset; /* into selfy, for ARG_STRING; int flag for ARG_NONE */
-} flag;
-
-#define FIELD(f) offsetof(selfy, f)
-
-static const flag flags[] = {
-    {"ca", ARG_NONE, FIELD(make_ca)},
-    {"k", ARG_STRING, FIELD(key_name)},
-    {"e", ARG_STRING, FIELD(email)},
-    {"o", ARG_STRING, FIELD(out_dir)},
-    {"p", ARG_STRING, FIELD(private_dir)},
-    {"v", ARG_STRING, FIELD(view)},
-    {"verify", ARG_STRING, FIELD(verify)},
-    {"gensym", ARG_STRING, FIELD(gensym)},
-    {"passfile", ARG_STRING, FIELD(passfile)},
-    {"nopass", ARG_NONE, FIELD(nopass)},
-    {"days", ARG_DAYS, FIELD(days)},
-};
+static const char footer[] =
+    "\nCONFIG is $CKT_CONFIG_DIR, else $XDG_CONFIG_HOME/ckt, else "
+    "~/.config/ckt.\n"
+    "Private keys are encrypted with a passphrase (Argon2id + "
+    "XChaCha20-Poly1305)\nread from the terminal, from -passfile, or from "
+    "$CKT_PASSPHRASE.\nselfy never overwrites an existing CA, key or file.\n";
 
 static void parse_args(selfy *s, int argc, char **argv) {
-  int i;
-  size_t f;
-  for (i = 1; i < argc; ++i) {
-    const char *a = argv[i], *name, *eq, *value = NULL;
-    size_t nlen;
-    if (a[0] != '-' || a[1] == 0) {
-      usage_error("unexpected argument '%s'.", a);
-    }
-    name = a + (a[1] == '-' ? 2 : 1);
-    eq = strchr(name, '=');
-    nlen = eq ? (size_t)(eq - name) : strlen(name);
-    if ((nlen == 1 && name[0] == 'h') ||
-        (nlen == 4 && !strncmp(name, "help", 4))) {
-      fputs(usage_text, stdout);
-      exit(0);
-    }
-    if (nlen == 7 && !strncmp(name, "version", 7)) {
-      printf("selfy (ckt) %s\n", CKT_VERSION_STRING);
-      exit(0);
-    }
-    for (f = 0; f < sizeof(flags) / sizeof(flags[0]); ++f) {
-      if (strlen(flags[f].name) == nlen &&
-          !strncmp(flags[f].name, name, nlen)) {
-        break;
-      }
-    }
-    if (f == sizeof(flags) / sizeof(flags[0])) {
-      usage_error("unknown option '%s'.", a);
-    }
-    if (flags[f].kind == ARG_NONE) {
-      if (eq) {
-        usage_error("option '%s' takes no value.", a);
-      }
-      *(int *)((char *)s + flags[f].offset) = 1;
-      continue;
-    }
-    if (eq) {
-      value = eq + 1;
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      usage_error("option '%s' needs a value.", a);
-    }
-    if (!*value) {
-      usage_error("option '%s' needs a non-empty value.", a);
-    }
-    if (flags[f].kind == ARG_DAYS) {
-      char *end;
-      unsigned long d;
-      errno = 0;
-      d = strtoul(value, &end, 10);
-      if (errno || *end || d == 0 || d > CKT_CERT_MAX_DAYS || value[0] == '-') {
-        usage_error("-days takes a whole number of days from 1 to 36500, not "
-                    "'%s'.",
-                    value);
-      }
-      s->days = d;
-    } else {
-      *(const char **)((char *)s + flags[f].offset) = value;
-    }
+  const cmd_flag flags[] = {
+      {"ca", CMD_BOOL, &s->make_ca, 0, 0, NULL,
+       "create a new self-signed CA (ca.crt, ca.key) in the -p directory"},
+      {"k", CMD_STRING, &s->key_name, 0, 0, "NAME",
+       "create the identity NAME (NAME.crt, NAME.key) in the -o\n"
+       "directory, signed by the CA; the CA is created first when\n"
+       "the -p directory has none"},
+      {"e", CMD_STRING, &s->email, 0, 0, "EMAIL",
+       "email to write into the certificate (default for -k:\n"
+       "NAME@host)"},
+      {"o", CMD_STRING, &s->out_dir, 0, 0, "DIR",
+       "where identities go (default: CONFIG/certs)"},
+      {"p", CMD_STRING, &s->private_dir, 0, 0, "DIR",
+       "where the CA lives (default: CONFIG/my-keep-private-dir)"},
+      {"days", CMD_UINT, &s->days, 1, CKT_CERT_MAX_DAYS, "N",
+       "validity of new certificates in days (default 3650)"},
+      {"nopass", CMD_BOOL, &s->nopass, 0, 0, NULL,
+       "write private keys unencrypted (not recommended)"},
+      {"passfile", CMD_STRING, &s->passfile, 0, 0, "FILE",
+       "read the passphrase from the first line of FILE"},
+      {"v", CMD_STRING, &s->view, 0, 0, "CRT",
+       "print the fields of a certificate"},
+      {"verify", CMD_STRING, &s->verify, 0, 0, "CRT",
+       "exit 0 if the CA in -p signed CRT and it is valid now"},
+      {"gensym", CMD_STRING, &s->gensym, 0, 0, "FILE",
+       "write a new 32-byte random pre-shared key to FILE (a bare\n"
+       "name goes into the -p directory)"},
+      {"version", CMD_BOOL, &s->version, 0, 0, NULL, "print the version"},
+  };
+  const cmd_spec spec = {"selfy",
+                         "[options]",
+                         description,
+                         flags,
+                         sizeof(flags) / sizeof(flags[0]),
+                         footer};
+  int first = cmd_parse(&spec, argc, argv);
+  if (first < argc) {
+    cmd_usage_error("selfy", "unexpected argument '%s'.", argv[first]);
   }
 }
 
@@ -557,6 +353,10 @@ int main(int argc, char **argv) {
   memset(&s, 0, sizeof(s));
   config_dirs(&s);
   parse_args(&s, argc, argv);
+  if (s.version) {
+    printf("selfy (ckt) %s\n", CKT_VERSION_STRING);
+    return 0;
+  }
   if (!s.out_dir) {
     s.out_dir = s.default_out;
   }
@@ -564,11 +364,12 @@ int main(int argc, char **argv) {
     s.private_dir = s.default_private;
   }
   if (!s.make_ca && !s.key_name && !s.view && !s.verify && !s.gensym) {
-    usage_error("nothing to do: give -ca, -k NAME, -v CRT, -verify CRT or "
-                "-gensym FILE.");
+    cmd_usage_error("selfy",
+                    "nothing to do: give -ca, -k NAME, -v CRT, -verify CRT or "
+                    "-gensym FILE.");
   }
   if (s.nopass && s.passfile) {
-    usage_error("-nopass and -passfile contradict each other.");
+    cmd_usage_error("selfy", "-nopass and -passfile contradict each other.");
   }
   /* Each action runs in a fixed order; the first failure stops the rest. */
   if (s.make_ca) {

@@ -11,6 +11,7 @@
 #include "ckt/error.h"
 #include "ckt/identity.h"
 #include "ckt/message.h"
+#include "ckt/node.h"
 
 #define CKT_VERSION_MAJOR 0
 #define CKT_VERSION_MINOR 1

@@ -145,6 +145,12 @@ CKT_EXTERN int ckt_cert_describe(const char *cert_pem, size_t cert_pemlen,
 
 /* ---- files and directories (selfy's layout) -------------------------- */
 
+/* Writes ckt's configuration directory into out: $CKT_CONFIG_DIR if set,
+ * else $XDG_CONFIG_HOME/ckt, else $HOME/.config/ckt.  Identities live in
+ * its certs/ and the CA in its my-keep-private-dir/.
+ * CKT_OK, CKT_ERR_TOO_LARGE (does not fit outsz). */
+CKT_EXTERN int ckt_config_dir(char *out, size_t outsz);
+
 /* Asked for a passphrase when a key must be encrypted (confirm == 1: a new
  * passphrase, to be asked twice) or decrypted (confirm == 0).  `what`
  * names the key file.  Writes up to bufsize-1 bytes and a NUL into buf and

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -54,6 +55,23 @@ static int ask(const ckt_identity_options *opt, const char *what, int confirm,
 
 static void pass_wipe(pass *p) {
   ckt_secure_zero(p, sizeof(*p));
+}
+
+int ckt_config_dir(char *out, size_t outsz) {
+  const char *d = getenv("CKT_CONFIG_DIR");
+  const char *xdg = getenv("XDG_CONFIG_HOME");
+  const char *home = getenv("HOME");
+  int n;
+  if (d && *d) {
+    n = snprintf(out, outsz, "%s", d);
+  } else if (xdg && *xdg) {
+    n = snprintf(out, outsz, "%s/ckt", xdg);
+  } else if (home && *home) {
+    n = snprintf(out, outsz, "%s/.config/ckt", home);
+  } else {
+    n = snprintf(out, outsz, ".config/ckt");
+  }
+  return n >= 0 && (size_t)n < outsz ? CKT_OK : CKT_ERR_TOO_LARGE;
 }
 
 int ckt_pem_file_read(const char *path, char **pem, size_t *len) {

@@ -1,0 +1,243 @@
+/* cmdline.c — flags, help and passphrases for ckt's tools. */
+#include "cmdline.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "ckt/error.h"
+
+void cmd_usage_error(const char *prog, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "%s: ", prog);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\nRun '%s -h' for help.\n", prog);
+  exit(CMD_EXIT_USAGE);
+}
+
+static void print_help(const cmd_spec *spec) {
+  size_t i;
+  printf("usage: %s %s\n\n%s\n\n", spec->prog, spec->synopsis,
+         spec->description);
+  for (i = 0; i < spec->nflags; ++i) {
+    const cmd_flag *f = &spec->flags[i];
+    char left[64];
+    const char *h = f->help;
+    snprintf(left, sizeof(left), "-%s%s%s", f->name, f->arg ? " " : "",
+             f->arg ? f->arg : "");
+    printf("  %-18s ", left);
+    /* Continuation lines of the help text line up under the first. */
+    while (*h) {
+      const char *nl = strchr(h, '\n');
+      size_t len = nl ? (size_t)(nl - h) : strlen(h);
+      printf("%.*s\n", (int)len, h);
+      if (!nl) {
+        break;
+      }
+      h = nl + 1;
+      printf("  %-18s ", "");
+    }
+  }
+  printf("  %-18s show this help\n", "-h, -help");
+  printf("\nEvery option also works with two dashes and as -name=value.\n");
+  if (spec->footer) {
+    printf("%s", spec->footer);
+  }
+}
+
+static const cmd_flag *find_flag(const cmd_spec *spec, const char *name,
+                                 size_t len) {
+  size_t i;
+  for (i = 0; i < spec->nflags; ++i) {
+    if (strlen(spec->flags[i].name) == len &&
+        strncmp(spec->flags[i].name, name, len) == 0) {
+      return &spec->flags[i];
+    }
+  }
+  return NULL;
+}
+
+int cmd_parse(const cmd_spec *spec, int argc, char **argv) {
+  int i;
+  for (i = 1; i < argc; ++i) {
+    const char *a = argv[i], *name, *eq, *value;
+    const cmd_flag *f;
+    size_t len;
+    if (a[0] != '-' || a[1] == 0) {
+      return i; /* the first positional argument */
+    }
+    if (strcmp(a, "--") == 0) {
+      return i + 1;
+    }
+    name = a + (a[1] == '-' ? 2 : 1);
+    eq = strchr(name, '=');
+    len = eq ? (size_t)(eq - name) : strlen(name);
+    if ((len == 1 && name[0] == 'h') ||
+        (len == 4 && strncmp(name, "help", 4) == 0)) {
+      print_help(spec);
+      exit(0);
+    }
+    f = find_flag(spec, name, len);
+    if (!f) {
+      cmd_usage_error(spec->prog, "unknown option '%s'.", a);
+    }
+    if (f->kind == CMD_BOOL) {
+      if (eq) {
+        cmd_usage_error(spec->prog, "option '-%s' takes no value.", f->name);
+      }
+      *(int *)f->dest = 1;
+      continue;
+    }
+    if (eq) {
+      value = eq + 1;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      cmd_usage_error(spec->prog, "option '-%s' needs a value.", f->name);
+    }
+    if (!*value) {
+      cmd_usage_error(spec->prog, "option '-%s' needs a non-empty value.",
+                      f->name);
+    }
+    if (f->kind == CMD_STRING) {
+      *(const char **)f->dest = value;
+    } else {
+      char *end;
+      unsigned long v;
+      errno = 0;
+      v = strtoul(value, &end, 10);
+      if (errno || *end || value[0] == '-' || value[0] == '+' || v < f->min ||
+          v > f->max) {
+        cmd_usage_error(spec->prog,
+                        "option '-%s' takes a whole number from %lu to %lu, "
+                        "not '%s'.",
+                        f->name, f->min, f->max, value);
+      }
+      *(unsigned long *)f->dest = v;
+    }
+  }
+  return argc;
+}
+
+/* ---- passphrases -------------------------------------------------------- */
+
+static int strip_newline(char *buf) {
+  size_t n = strlen(buf);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) {
+    buf[--n] = 0;
+  }
+  return (int)n;
+}
+
+static int read_tty_line(FILE *tty, const char *prompt, char *buf,
+                         size_t bufsize) {
+  struct termios old, quiet;
+  int fd = fileno(tty), have_termios, n;
+  char *got;
+
+  /* Echo goes off before the prompt appears, so that an answer typed the
+   * moment the prompt shows is neither echoed nor lost (TCSAFLUSH would
+   * drop it). */
+  have_termios = tcgetattr(fd, &old) == 0;
+  if (have_termios) {
+    quiet = old;
+    quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
+    quiet.c_lflag |= ICANON;
+    tcsetattr(fd, TCSANOW, &quiet);
+  }
+  fprintf(tty, "%s", prompt);
+  fflush(tty);
+  got = fgets(buf, (int)bufsize, tty);
+  if (have_termios) {
+    tcsetattr(fd, TCSANOW, &old);
+  }
+  fprintf(tty, "\n");
+  if (!got) {
+    return CKT_ERR_CANCELED;
+  }
+  n = strip_newline(buf);
+  return n;
+}
+
+int cmd_passphrase(void *user, const char *what, int confirm, char *buf,
+                   size_t bufsize) {
+  cmd_pass_source *src = user;
+  const char *env = getenv("CKT_PASSPHRASE");
+  char again[1024], prompt[PATH_MAX + 64];
+  FILE *tty;
+  int n, tries;
+
+  if (src->passfile) {
+    FILE *f = fopen(src->passfile, "r");
+    if (!f) {
+      fprintf(stderr, "%s: cannot read the passphrase file %s: %s.\n",
+              src->prog, src->passfile, strerror(errno));
+      return CKT_ERR_CANCELED;
+    }
+    buf[0] = 0;
+    if (!fgets(buf, (int)bufsize, f)) {
+      buf[0] = 0;
+    }
+    fclose(f);
+    n = strip_newline(buf);
+    if (n == 0) {
+      fprintf(stderr, "%s: the passphrase file %s is empty.\n", src->prog,
+              src->passfile);
+      return CKT_ERR_CANCELED;
+    }
+    return n;
+  }
+  if (env && *env) {
+    n = snprintf(buf, bufsize, "%s", env);
+    return n >= 0 && (size_t)n < bufsize ? n : CKT_ERR_INVALID_ARGUMENT;
+  }
+  tty = fopen("/dev/tty", "r+");
+  if (!tty) {
+    fprintf(stderr,
+            "%s: no terminal to ask for the passphrase of %s; set "
+            "CKT_PASSPHRASE or use -passfile FILE.\n",
+            src->prog, what);
+    return CKT_ERR_CANCELED;
+  }
+  for (tries = 0; tries < 3; ++tries) {
+    snprintf(prompt, sizeof(prompt),
+             "%s for %s: ", confirm ? "New passphrase" : "Passphrase", what);
+    n = read_tty_line(tty, prompt, buf, bufsize);
+    if (n < 0) {
+      break;
+    }
+    if (n == 0) {
+      fprintf(tty, "An empty passphrase is not allowed (use -nopass for a "
+                   "plain key).\n");
+      continue;
+    }
+    if (!confirm) {
+      fclose(tty);
+      return n;
+    }
+    if (read_tty_line(tty, "Repeat it: ", again, sizeof(again)) < 0) {
+      n = CKT_ERR_CANCELED;
+      break;
+    }
+    if (strcmp(again, buf) == 0) {
+      memset(again, 0, sizeof(again));
+      fclose(tty);
+      return n;
+    }
+    fprintf(tty, "The passphrases differ; try again.\n");
+  }
+  memset(again, 0, sizeof(again));
+  fclose(tty);
+  return CKT_ERR_CANCELED;
+}
+
+/* ---- reporting -------------------------------------------------------- */
+
+/* One sentence saying what went wrong with `path` and what to do. */

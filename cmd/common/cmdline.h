@@ -1,0 +1,56 @@
+/*
+ * cmdline.h — what ckt's command-line tools share: table-driven flags
+ * (every flag works as -name, --name, -name=value and --name value), help
+ * text made from the same table, and passphrases from a file, the
+ * environment or the terminal.
+ */
+#ifndef CKT_CMDLINE_H
+#define CKT_CMDLINE_H
+
+#include <stddef.h>
+
+enum { CMD_EXIT_USAGE = 2 };
+
+typedef enum { CMD_BOOL, CMD_STRING, CMD_UINT } cmd_kind;
+
+typedef struct cmd_flag {
+  const char *name; /* without dashes */
+  cmd_kind kind;
+  void *dest;             /* int * (CMD_BOOL), const char ** (CMD_STRING),
+                             unsigned long * (CMD_UINT) */
+  unsigned long min, max; /* accepted range of a CMD_UINT */
+  const char *arg;        /* placeholder in the help: "N", "DIR" */
+  const char *help;       /* one line; "\n" continues on the next */
+} cmd_flag;
+
+typedef struct cmd_spec {
+  const char *prog;
+  const char *synopsis;    /* "[options]" */
+  const char *description; /* printed under the usage line */
+  const cmd_flag *flags;
+  size_t nflags;
+  const char *footer; /* printed after the flags; may be NULL */
+} cmd_spec;
+
+/* Parses argv; exits 0 after printing help for -h/-help, and exits
+ * CMD_EXIT_USAGE with one sentence for anything it cannot accept.
+ * Returns the index of the first positional argument (argc if none);
+ * positional arguments must come after the flags. */
+int cmd_parse(const cmd_spec *spec, int argc, char **argv);
+
+/* Prints "PROG: <message>" and a pointer to -h, exits CMD_EXIT_USAGE. */
+void cmd_usage_error(const char *prog, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+
+/* A ckt_passphrase_cb: the first line of `passfile` if set, else
+ * $CKT_PASSPHRASE, else the terminal (echo off; a new passphrase is asked
+ * twice).  With none of them it says so in one sentence. */
+typedef struct cmd_pass_source {
+  const char *prog;
+  const char *passfile;
+} cmd_pass_source;
+
+int cmd_passphrase(void *user, const char *what, int confirm, char *buf,
+                   size_t bufsize);
+
+#endif

@@ -1,0 +1,1378 @@
+/*
+ * peer_node.c — a node: identities, the endpoint on its own loop, and the
+ * Message API (calls, one-way messages, pushes) on QUIC streams.
+ *
+ * Streams: a call is one bidirectional stream (CALL frame + FIN out, REPLY
+ * or ERROR frame + FIN back); a one-way message or a push is one
+ * unidirectional stream.  See docs/wire.md.
+ */
+#include "ckt/node.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core_buf.h"
+#include "core_util.h"
+#include "fragment_codec.h"
+#include "quic_endpoint.h"
+#include "quic_ev.h"
+#include "tls_quic.h"
+
+/* App error codes on streams and connections. */
+#define APP_CANCELED 0x10  /* the caller gave up (timeout) */
+#define APP_MALFORMED 0x11 /* a frame that did not decode */
+
+enum { RX_CALL = 1, RX_INBOUND = 2 };
+
+/* Collects one frame from a stream, bounded by the node's limits. */
+typedef struct rxstate {
+  int kind;
+  uint8_t hdr[CKT_FRAME_HEADER_LEN];
+  size_t hdr_got;
+  uint32_t body_len;
+  uint8_t *body;
+  size_t body_got;
+} rxstate;
+
+typedef struct pconn pconn;
+
+typedef struct call_t {
+  rxstate rx; /* first: stream user pointers cast to rxstate */
+  ckt_node *n;
+  pconn *pc;
+  ckt_stream *stream;
+  ckt_timer *timer;
+  uint8_t *frame;
+  size_t frame_len;
+  ckt_call_done done;
+  void *user;
+  uint64_t id;
+  struct call_t *next, *prev;
+} call_t;
+
+typedef struct inbound {
+  rxstate rx;
+  ckt_node *n;
+} inbound;
+
+typedef struct oneway {
+  struct oneway *next;
+  uint8_t *frame;
+  size_t frame_len;
+} oneway;
+
+/* One connection (either role) and what waits on it. */
+struct pconn {
+  pconn *next, *prev;
+  ckt_node *n;
+  ckt_conn *conn;
+  ckt_addr addr;
+  char name[CKT_ADDR_STRLEN];
+  call_t *calls; /* waiting for a stream or in flight */
+  oneway *ow_head, *ow_tail;
+};
+
+typedef struct service_t {
+  struct service_t *next;
+  char name[CKT_MESSAGE_SERVICE_MAX + 1];
+  ckt_call_handler call;
+  ckt_oneway_handler oneway;
+  void *call_user, *oneway_user;
+} service_t;
+
+struct ckt_node {
+  ckt_node_config cfg;
+  char *listen, *cert_dir, *server_name, *client_name, *ca_file;
+  ckt_message_limits lim;
+  ckt_ev *ev;
+  ckt_runtime *rt;
+  ckt_endpoint *ep;
+  WOLFSSL_CTX *server_tls, *client_tls;
+  char address[CKT_ADDR_STRLEN];
+  pconn *conns;
+  pthread_mutex_t mu; /* services, stats */
+  service_t *services;
+  ckt_node_stats stats;
+  uint64_t next_call_id, next_seqno;
+  pthread_t thread;
+  int thread_started;
+  pthread_t loop_thread;
+  int loop_running; /* guarded by mu */
+  int stopping;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void node_log(ckt_node *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void node_log(ckt_node *n, const char *fmt, ...) {
+  char line[600];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  if (n->cfg.log) {
+    n->cfg.log(n->cfg.log_user, line);
+  } else {
+    fprintf(stderr, "ckt: %s\n", line);
+  }
+}
+
+static void ep_log(void *user, const char *line) {
+  node_log(user, "%s", line);
+}
+
+#define STAT_ADD(n, field, v)                                                  \
+  __atomic_add_fetch(&(n)->stats.field, (v), __ATOMIC_RELAXED)
+
+static int on_loop(ckt_node *n) {
+  int yes;
+  pthread_mutex_lock(&n->mu);
+  yes = n->loop_running && pthread_equal(n->loop_thread, pthread_self());
+  pthread_mutex_unlock(&n->mu);
+  return yes;
+}
+
+/* ---- frames ------------------------------------------------------------- */
+
+/* Encodes m as one frame.  CKT_OK, CKT_ERR_TOO_LARGE, CKT_ERR_NOMEM,
+ * CKT_ERR_INVALID_ARGUMENT. */
+static int frame_encode(ckt_node *n, const ckt_message *m, uint8_t **out,
+                        size_t *len) {
+  ckt_buf b;
+  int rv;
+  if (m->payload_len > n->lim.max_payload) {
+    return CKT_ERR_TOO_LARGE;
+  }
+  ckt_buf_init(&b, ckt_message_encoded_max(&n->lim) + CKT_FRAME_HEADER_LEN);
+  rv = ckt_buf_append(&b, "\0\0\0\0\0", CKT_FRAME_HEADER_LEN);
+  if (rv == CKT_OK) {
+    rv = ckt_message_encode(m, &b);
+  }
+  if (rv != CKT_OK) {
+    ckt_buf_free(&b);
+    return rv;
+  }
+  ckt_frame_header_encode(b.data, CKT_FRAME_MESSAGE,
+                          (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
+  *out = ckt_buf_release(&b, len);
+  return *out ? CKT_OK : CKT_ERR_NOMEM;
+}
+
+static void rx_clear(rxstate *rx) {
+  free(rx->body);
+  rx->body = NULL;
+  rx->hdr_got = rx->body_got = 0;
+  rx->body_len = 0;
+}
+
+/* Feeds stream bytes; returns 1 with *out when a message is complete, 0
+ * when more is needed, or a CKT_ERR_* for a bad frame. */
+static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
+                   ckt_message **out) {
+  while (*len > 0) {
+    if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
+      size_t take = CKT_FRAME_HEADER_LEN - rx->hdr_got;
+      uint8_t type;
+      if (take > *len) {
+        take = *len;
+      }
+      memcpy(rx->hdr + rx->hdr_got, *data, take);
+      rx->hdr_got += take;
+      *data += take;
+      *len -= take;
+      if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
+        return 0;
+      }
+      if (ckt_frame_header_decode(rx->hdr, &type, &rx->body_len) != CKT_OK ||
+          type != CKT_FRAME_MESSAGE) {
+        return CKT_ERR_FORMAT;
+      }
+      if (rx->body_len > ckt_message_encoded_max(&n->lim)) {
+        return CKT_ERR_TOO_LARGE;
+      }
+      rx->body = malloc(rx->body_len ? rx->body_len : 1);
+      if (!rx->body) {
+        return CKT_ERR_NOMEM;
+      }
+    }
+    {
+      size_t take = rx->body_len - rx->body_got;
+      int rv;
+      if (take > *len) {
+        take = *len;
+      }
+      memcpy(rx->body + rx->body_got, *data, take);
+      rx->body_got += take;
+      *data += take;
+      *len -= take;
+      if (rx->body_got < rx->body_len) {
+        return 0;
+      }
+      rv = ckt_message_decode(rx->body, rx->body_len, &n->lim, out);
+      rx_clear(rx);
+      return rv == CKT_OK ? 1 : rv;
+    }
+  }
+  return 0;
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static pconn *pconn_new(ckt_node *n, ckt_conn *conn, const ckt_addr *addr) {
+  pconn *pc = calloc(1, sizeof(*pc));
+  if (!pc) {
+    return NULL;
+  }
+  pc->n = n;
+  pc->conn = conn;
+  pc->addr = *addr;
+  ckt_addr_format(addr, pc->name, sizeof(pc->name));
+  pc->next = n->conns;
+  if (n->conns) {
+    n->conns->prev = pc;
+  }
+  n->conns = pc;
+  return pc;
+}
+
+static void pconn_free(pconn *pc) {
+  ckt_node *n = pc->n;
+  while (pc->ow_head) {
+    oneway *o = pc->ow_head;
+    pc->ow_head = o->next;
+    free(o->frame);
+    free(o);
+  }
+  if (pc->prev) {
+    pc->prev->next = pc->next;
+  } else {
+    n->conns = pc->next;
+  }
+  if (pc->next) {
+    pc->next->prev = pc->prev;
+  }
+  free(pc);
+}
+
+/* A connection to addr for sending: a ready one of either role first,
+ * else one being dialed. */
+static pconn *pconn_find(ckt_node *n, const ckt_addr *addr) {
+  pconn *pc, *dialing = NULL;
+  for (pc = n->conns; pc; pc = pc->next) {
+    if (!ckt_addr_equal(&pc->addr, addr)) {
+      continue;
+    }
+    if (ckt_conn_is_ready(pc->conn)) {
+      return pc;
+    }
+    if (!dialing) {
+      dialing = pc;
+    }
+  }
+  return dialing;
+}
+
+static int pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
+  ckt_conn *conn;
+  pconn *pc = pconn_find(n, addr);
+  int rv;
+  if (pc) {
+    *out = pc;
+    return CKT_OK;
+  }
+  if (n->stopping) {
+    return CKT_ERR_CLOSED;
+  }
+  pc = pconn_new(n, NULL, addr);
+  if (!pc) {
+    return CKT_ERR_NOMEM;
+  }
+  rv = ckt_endpoint_connect(n->ep, addr, pc, &conn);
+  if (rv != CKT_OK) {
+    pconn_free(pc);
+    return rv;
+  }
+  pc->conn = conn;
+  *out = pc;
+  return CKT_OK;
+}
+
+/* ---- calls (caller side) ------------------------------------------------ */
+
+static void call_unlink(call_t *c) {
+  pconn *pc = c->pc;
+  if (!pc) {
+    return;
+  }
+  if (c->prev) {
+    c->prev->next = c->next;
+  } else {
+    pc->calls = c->next;
+  }
+  if (c->next) {
+    c->next->prev = c->prev;
+  }
+  c->pc = NULL;
+  c->next = c->prev = NULL;
+}
+
+static void call_finish(call_t *c, int err, ckt_message *reply,
+                        const char *why) {
+  ckt_node *n = c->n;
+  call_unlink(c);
+  if (c->timer) {
+    n->rt->ops->timer_free(n->rt, c->timer);
+  }
+  if (c->stream) {
+    ckt_stream_set_user(c->stream, NULL);
+    if (err != CKT_OK && err != CKT_ERR_REMOTE && err != CKT_ERR_NO_SERVICE) {
+      ckt_stream_reset(c->stream, APP_CANCELED);
+    }
+  }
+  if (!reply) {
+    reply = ckt_message_new();
+    if (reply) {
+      reply->type = CKT_MSG_ERROR;
+      reply->call_id = c->id;
+      ckt_message_set_err(reply, why ? why : ckt_strerror(err));
+    }
+  }
+  if (err == CKT_OK) {
+    STAT_ADD(n, calls_answered, 1);
+  } else {
+    STAT_ADD(n, calls_failed, 1);
+  }
+  if (reply) {
+    c->done(n, err, reply, c->user);
+    ckt_message_free(reply);
+  } else {
+    ckt_message fallback;
+    memset(&fallback, 0, sizeof(fallback));
+    fallback.type = CKT_MSG_ERROR;
+    fallback.err = (char *)(uintptr_t) "out of memory";
+    c->done(n, err == CKT_OK ? CKT_ERR_NOMEM : err, &fallback, c->user);
+  }
+  rx_clear(&c->rx);
+  free(c->frame);
+  free(c);
+}
+
+static void call_timeout(void *arg) {
+  call_t *c = arg;
+  char why[256];
+  snprintf(why, sizeof(why), "no reply from %s within the deadline",
+           c->pc ? c->pc->name : "the peer");
+  call_finish(c, CKT_ERR_TIMEOUT, NULL, why);
+}
+
+/* Opens streams for calls and one-way messages waiting on pc. */
+static void pconn_pump(pconn *pc) {
+  call_t *c;
+  if (!ckt_conn_is_ready(pc->conn)) {
+    return;
+  }
+  for (c = pc->calls; c; c = c->next) {
+    if (c->stream) {
+      continue;
+    }
+    if (ckt_conn_open_stream(pc->conn, 1, c, &c->stream) != CKT_OK) {
+      return; /* stream limit: streams_available brings us back */
+    }
+    if (ckt_stream_write(c->stream, c->frame, c->frame_len, 1) != CKT_OK) {
+      c->stream = NULL;
+      return;
+    }
+    free(c->frame);
+    c->frame = NULL;
+  }
+  while (pc->ow_head) {
+    oneway *o = pc->ow_head;
+    ckt_stream *s;
+    if (ckt_conn_open_stream(pc->conn, 0, NULL, &s) != CKT_OK) {
+      return;
+    }
+    if (ckt_stream_write(s, o->frame, o->frame_len, 1) != CKT_OK) {
+      return;
+    }
+    pc->ow_head = o->next;
+    if (!pc->ow_head) {
+      pc->ow_tail = NULL;
+    }
+    free(o->frame);
+    free(o);
+  }
+}
+
+typedef struct call_job {
+  ckt_node *n;
+  ckt_addr addr;
+  call_t *c;
+  uint64_t timeout_ns;
+} call_job;
+
+static void call_start(void *arg) {
+  call_job *job = arg;
+  ckt_node *n = job->n;
+  call_t *c = job->c;
+  pconn *pc;
+  char why[256];
+  int rv;
+
+  rv = pconn_get(n, &job->addr, &pc);
+  if (rv != CKT_OK) {
+    char who[CKT_ADDR_STRLEN];
+    ckt_addr_format(&job->addr, who, sizeof(who));
+    snprintf(why, sizeof(why), "cannot call %s: %s", who, ckt_strerror(rv));
+    free(job);
+    call_finish(c, rv == CKT_ERR_CLOSED ? CKT_ERR_CLOSED : CKT_ERR_CONNECTION,
+                NULL, why);
+    return;
+  }
+  c->timer = n->rt->ops->timer_new(n->rt, call_timeout, c);
+  if (!c->timer) {
+    free(job);
+    call_finish(c, CKT_ERR_NOMEM, NULL, "out of memory");
+    return;
+  }
+  n->rt->ops->timer_arm(n->rt, c->timer,
+                        n->rt->ops->now(n->rt) + job->timeout_ns);
+  free(job);
+  c->pc = pc;
+  c->next = pc->calls;
+  if (pc->calls) {
+    pc->calls->prev = c;
+  }
+  pc->calls = c;
+  STAT_ADD(n, calls_sent, 1);
+  pconn_pump(pc);
+}
+
+/* Runs fn(job) on the loop: directly when already there. */
+static int run_on_loop(ckt_node *n, ckt_post_fn fn, void *job) {
+  if (on_loop(n)) {
+    fn(job);
+    return CKT_OK;
+  }
+  return n->rt->ops->post(n->rt, fn, job);
+}
+
+static void stamp(ckt_node *n, ckt_message *m, const char *peer,
+                  uint64_t timeout_ns) {
+  m->created_ns = n->rt->ops->wall(n->rt);
+  m->deadline_ns = timeout_ns ? m->created_ns + (int64_t)timeout_ns : 0;
+  m->seqno = __atomic_add_fetch(&n->next_seqno, 1, __ATOMIC_RELAXED);
+  ckt_message_set_from(m, n->address);
+  ckt_message_set_to(m, peer);
+}
+
+int ckt_node_call_async(ckt_node *n, const char *peer, ckt_message *req,
+                        uint32_t timeout_ms, ckt_call_done done, void *user) {
+  call_job *job;
+  call_t *c;
+  uint64_t timeout_ns;
+  int rv;
+
+  if (!n || !peer || !req || !done) {
+    ckt_message_free(req);
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (n->stopping) {
+    ckt_message_free(req);
+    return CKT_ERR_CLOSED;
+  }
+  c = calloc(1, sizeof(*c));
+  job = calloc(1, sizeof(*job));
+  if (!c || !job) {
+    free(c);
+    free(job);
+    ckt_message_free(req);
+    return CKT_ERR_NOMEM;
+  }
+  if (ckt_addr_parse(peer, NULL, &job->addr) != CKT_OK) {
+    free(c);
+    free(job);
+    ckt_message_free(req);
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  timeout_ns =
+      (uint64_t)(timeout_ms ? timeout_ms : n->cfg.call_timeout_ms) * 1000000ull;
+  c->rx.kind = RX_CALL;
+  c->n = n;
+  c->done = done;
+  c->user = user;
+  c->id = __atomic_add_fetch(&n->next_call_id, 1, __ATOMIC_RELAXED);
+  req->type = CKT_MSG_CALL;
+  req->call_id = c->id;
+  stamp(n, req, peer, timeout_ns);
+  rv = frame_encode(n, req, &c->frame, &c->frame_len);
+  ckt_message_free(req);
+  if (rv != CKT_OK) {
+    free(c);
+    free(job);
+    return rv;
+  }
+  job->n = n;
+  job->c = c;
+  job->timeout_ns = timeout_ns;
+  rv = run_on_loop(n, call_start, job);
+  if (rv != CKT_OK) {
+    free(c->frame);
+    free(c);
+    free(job);
+  }
+  return rv;
+}
+
+typedef struct sync_call {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, err;
+  ckt_message *reply;
+} sync_call;
+
+static void sync_done(ckt_node *n, int err, const ckt_message *reply,
+                      void *user) {
+  sync_call *sc = user;
+  ckt_message *copy = NULL;
+  (void)n;
+  if (ckt_message_copy(reply, &copy) != CKT_OK) {
+    copy = NULL;
+  }
+  pthread_mutex_lock(&sc->mu);
+  sc->err = err;
+  sc->reply = copy;
+  sc->done = 1;
+  pthread_cond_signal(&sc->cv);
+  pthread_mutex_unlock(&sc->mu);
+}
+
+int ckt_node_call(ckt_node *n, const char *peer, ckt_message *req,
+                  uint32_t timeout_ms, ckt_message **reply) {
+  sync_call sc;
+  int rv;
+  if (reply) {
+    *reply = NULL;
+  }
+  if (n && on_loop(n)) {
+    ckt_message_free(req);
+    return CKT_ERR_INVALID_ARGUMENT; /* would wait on itself forever */
+  }
+  memset(&sc, 0, sizeof(sc));
+  pthread_mutex_init(&sc.mu, NULL);
+  pthread_cond_init(&sc.cv, NULL);
+  rv = ckt_node_call_async(n, peer, req, timeout_ms, sync_done, &sc);
+  if (rv == CKT_OK) {
+    pthread_mutex_lock(&sc.mu);
+    while (!sc.done) {
+      pthread_cond_wait(&sc.cv, &sc.mu);
+    }
+    pthread_mutex_unlock(&sc.mu);
+    rv = sc.err;
+    if (reply) {
+      *reply = sc.reply;
+    } else {
+      ckt_message_free(sc.reply);
+    }
+  }
+  pthread_cond_destroy(&sc.cv);
+  pthread_mutex_destroy(&sc.mu);
+  return rv;
+}
+
+/* ---- one-way messages and pushes --------------------------------------- */
+
+typedef struct send_job {
+  ckt_node *n;
+  ckt_addr addr;
+  int push;
+  uint8_t *frame;
+  size_t frame_len;
+} send_job;
+
+static void send_start(void *arg) {
+  send_job *job = arg;
+  ckt_node *n = job->n;
+  pconn *pc = NULL;
+  oneway *o;
+  if (job->push) {
+    pc = pconn_find(n, &job->addr);
+    if (!pc || !ckt_conn_is_ready(pc->conn)) {
+      pc = NULL; /* the client left in the meantime */
+    }
+  } else if (pconn_get(n, &job->addr, &pc) != CKT_OK) {
+    pc = NULL;
+  }
+  o = pc ? malloc(sizeof(*o)) : NULL;
+  if (!o) {
+    free(job->frame);
+    free(job);
+    return;
+  }
+  o->next = NULL;
+  o->frame = job->frame;
+  o->frame_len = job->frame_len;
+  if (pc->ow_tail) {
+    pc->ow_tail->next = o;
+  } else {
+    pc->ow_head = o;
+  }
+  pc->ow_tail = o;
+  free(job);
+  STAT_ADD(n, oneways_sent, 1);
+  pconn_pump(pc);
+}
+
+typedef struct find_job {
+  ckt_node *n;
+  ckt_addr addr;
+  int found;
+  char suite[64], key[65];
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+} find_job;
+
+static void find_conn(void *arg) {
+  find_job *f = arg;
+  pconn *pc = pconn_find(f->n, &f->addr);
+  if (pc && ckt_conn_is_ready(pc->conn)) {
+    f->found = 1;
+    snprintf(f->suite, sizeof(f->suite), "%s", ckt_conn_suite(pc->conn));
+    snprintf(f->key, sizeof(f->key), "%s", ckt_conn_peer_key(pc->conn));
+  }
+  pthread_mutex_lock(&f->mu);
+  f->done = 1;
+  pthread_cond_signal(&f->cv);
+  pthread_mutex_unlock(&f->mu);
+}
+
+/* Asks the loop whether a ready connection to addr exists. */
+static int lookup_conn(ckt_node *n, const ckt_addr *addr, find_job *f) {
+  memset(f, 0, sizeof(*f));
+  f->n = n;
+  f->addr = *addr;
+  pthread_mutex_init(&f->mu, NULL);
+  pthread_cond_init(&f->cv, NULL);
+  if (on_loop(n)) {
+    find_conn(f);
+  } else if (n->rt->ops->post(n->rt, find_conn, f) == CKT_OK) {
+    pthread_mutex_lock(&f->mu);
+    while (!f->done) {
+      pthread_cond_wait(&f->cv, &f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+  }
+  pthread_cond_destroy(&f->cv);
+  pthread_mutex_destroy(&f->mu);
+  return f->found ? CKT_OK : CKT_ERR_NOT_FOUND;
+}
+
+static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
+                       int push) {
+  send_job *job;
+  int rv;
+  if (!n || !peer || !msg) {
+    ckt_message_free(msg);
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (n->stopping) {
+    ckt_message_free(msg);
+    return CKT_ERR_CLOSED;
+  }
+  job = calloc(1, sizeof(*job));
+  if (!job) {
+    ckt_message_free(msg);
+    return CKT_ERR_NOMEM;
+  }
+  if (ckt_addr_parse(peer, NULL, &job->addr) != CKT_OK) {
+    free(job);
+    ckt_message_free(msg);
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (push) {
+    find_job f;
+    if (lookup_conn(n, &job->addr, &f) != CKT_OK) {
+      free(job);
+      ckt_message_free(msg);
+      return CKT_ERR_NOT_FOUND;
+    }
+  }
+  msg->type = push ? CKT_MSG_PUSH : CKT_MSG_ONEWAY;
+  stamp(n, msg, peer, 0);
+  rv = frame_encode(n, msg, &job->frame, &job->frame_len);
+  ckt_message_free(msg);
+  if (rv != CKT_OK) {
+    free(job);
+    return rv;
+  }
+  job->n = n;
+  job->push = push;
+  rv = run_on_loop(n, send_start, job);
+  if (rv != CKT_OK) {
+    free(job->frame);
+    free(job);
+  }
+  return rv;
+}
+
+int ckt_node_send(ckt_node *n, const char *peer, ckt_message *msg) {
+  return send_common(n, peer, msg, 0);
+}
+
+int ckt_node_push(ckt_node *n, const char *client, ckt_message *msg) {
+  return send_common(n, client, msg, 1);
+}
+
+int ckt_node_peer_info(ckt_node *n, const char *peer, char *suite,
+                       size_t suite_sz, char *peer_key, size_t key_sz) {
+  ckt_addr addr;
+  find_job f;
+  if (!n || !peer || ckt_addr_parse(peer, NULL, &addr) != CKT_OK) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (lookup_conn(n, &addr, &f) != CKT_OK) {
+    return CKT_ERR_NOT_FOUND;
+  }
+  if (suite && suite_sz) {
+    snprintf(suite, suite_sz, "%s", f.suite);
+  }
+  if (peer_key && key_sz) {
+    snprintf(peer_key, key_sz, "%s", f.key);
+  }
+  return CKT_OK;
+}
+
+/* ---- serving ------------------------------------------------------------ */
+
+static service_t *service_find(ckt_node *n, const char *name) {
+  service_t *s;
+  for (s = n->services; s; s = s->next) {
+    if (strcmp(s->name, name) == 0) {
+      return s;
+    }
+  }
+  return NULL;
+}
+
+static int register_handler(ckt_node *n, const char *name,
+                            ckt_call_handler call, ckt_oneway_handler ow,
+                            void *user) {
+  service_t *s;
+  if (!n || !name || !*name || strlen(name) > CKT_MESSAGE_SERVICE_MAX) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  pthread_mutex_lock(&n->mu);
+  s = service_find(n, name);
+  if (!s) {
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+      pthread_mutex_unlock(&n->mu);
+      return CKT_ERR_NOMEM;
+    }
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    s->next = n->services;
+    n->services = s;
+  }
+  if (call) {
+    s->call = call;
+    s->call_user = user;
+  } else {
+    s->oneway = ow;
+    s->oneway_user = user;
+  }
+  pthread_mutex_unlock(&n->mu);
+  return CKT_OK;
+}
+
+int ckt_node_register_call(ckt_node *n, const char *service,
+                           ckt_call_handler fn, void *user) {
+  return fn ? register_handler(n, service, fn, NULL, user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+int ckt_node_register_oneway(ckt_node *n, const char *service,
+                             ckt_oneway_handler fn, void *user) {
+  return fn ? register_handler(n, service, NULL, fn, user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+static void lookup_handlers(ckt_node *n, const char *name,
+                            ckt_call_handler *call, void **call_user,
+                            ckt_oneway_handler *ow, void **ow_user) {
+  service_t *s;
+  pthread_mutex_lock(&n->mu);
+  s = service_find(n, name);
+  *call = s ? s->call : NULL;
+  *call_user = s ? s->call_user : NULL;
+  *ow = s ? s->oneway : NULL;
+  *ow_user = s ? s->oneway_user : NULL;
+  pthread_mutex_unlock(&n->mu);
+}
+
+static void serve_call(ckt_node *n, ckt_stream *s, ckt_message *req) {
+  ckt_call_handler fn;
+  ckt_oneway_handler ow;
+  void *user, *ow_user;
+  ckt_message *reply = ckt_message_new();
+  uint8_t *frame;
+  size_t len;
+  int rv;
+
+  if (!reply) {
+    ckt_stream_reset(s, APP_MALFORMED);
+    return;
+  }
+  reply->type = CKT_MSG_REPLY;
+  reply->call_id = req->call_id;
+  reply->serial = req->serial;
+  ckt_message_set_service(reply, req->service);
+  lookup_handlers(n, req->service, &fn, &user, &ow, &ow_user);
+  if (req->deadline_ns && n->rt->ops->wall(n->rt) > req->deadline_ns) {
+    reply->type = CKT_MSG_ERROR;
+    ckt_message_set_err(reply, "the deadline passed before the call ran");
+  } else if (!fn) {
+    char why[CKT_MESSAGE_SERVICE_MAX + 64];
+    reply->type = CKT_MSG_ERROR;
+    snprintf(why, sizeof(why), "no service '%s' on this node", req->service);
+    ckt_message_set_err(reply, why);
+    ckt_message_set_arg(reply, "ckt.status", "no-service");
+  } else {
+    STAT_ADD(n, calls_served, 1);
+    rv = fn(n, req, reply, user);
+    if (rv != 0) {
+      reply->type = CKT_MSG_ERROR;
+      if (!reply->err || !*reply->err) {
+        ckt_message_set_err(reply, "the handler failed");
+      }
+    }
+  }
+  reply->created_ns = n->rt->ops->wall(n->rt);
+  ckt_message_set_from(reply, n->address);
+  ckt_message_set_to(reply, req->from);
+  rv = frame_encode(n, reply, &frame, &len);
+  if (rv == CKT_ERR_TOO_LARGE) {
+    /* Tell the caller rather than leave it waiting for its timeout. */
+    ckt_message *err = ckt_message_new();
+    if (err) {
+      err->type = CKT_MSG_ERROR;
+      err->call_id = req->call_id;
+      ckt_message_set_err(err, "the reply exceeds the maximum message size");
+      rv = frame_encode(n, err, &frame, &len);
+      ckt_message_free(err);
+    }
+  }
+  ckt_message_free(reply);
+  if (rv != CKT_OK) {
+    ckt_stream_reset(s, APP_MALFORMED);
+    return;
+  }
+  if (ckt_stream_write(s, frame, len, 1) != CKT_OK) {
+    ckt_stream_reset(s, APP_MALFORMED);
+  }
+  free(frame);
+}
+
+static void serve_oneway(ckt_node *n, ckt_message *msg) {
+  ckt_call_handler fn;
+  ckt_oneway_handler ow;
+  void *user, *ow_user;
+  lookup_handlers(n, msg->service, &fn, &user, &ow, &ow_user);
+  STAT_ADD(n, oneways_received, 1);
+  if (ow) {
+    ow(n, msg, ow_user);
+  } else {
+    node_log(n, "dropped a one-way message for unknown service '%s' from %s",
+             msg->service, msg->from);
+  }
+}
+
+/* ---- endpoint callbacks ------------------------------------------------- */
+
+static void on_conn_ready(ckt_conn *conn, void *user) {
+  ckt_node *n = user;
+  pconn *pc = ckt_conn_user(conn);
+  if (!pc) { /* accepted */
+    pc = pconn_new(n, conn, ckt_conn_peer(conn));
+    if (!pc) {
+      ckt_conn_close(conn, 1, "out of memory");
+      return;
+    }
+    ckt_conn_set_user(conn, pc);
+  }
+  pconn_pump(pc);
+}
+
+static void on_conn_closed(ckt_conn *conn, int err, const char *why,
+                           void *user) {
+  pconn *pc = ckt_conn_user(conn);
+  (void)user;
+  if (!pc) {
+    return;
+  }
+  while (pc->calls) {
+    call_t *c = pc->calls;
+    c->stream = NULL; /* the endpoint frees its streams */
+    call_finish(c,
+                pc->n->stopping      ? CKT_ERR_CLOSED
+                : err == CKT_ERR_TLS ? CKT_ERR_TLS
+                                     : CKT_ERR_CONNECTION,
+                NULL, why);
+  }
+  pconn_free(pc);
+}
+
+static int on_stream_opened(ckt_conn *conn, ckt_stream *s, void *user) {
+  inbound *in = calloc(1, sizeof(*in));
+  (void)conn;
+  if (!in) {
+    return -1;
+  }
+  in->rx.kind = RX_INBOUND;
+  in->n = user;
+  ckt_stream_set_user(s, in);
+  return 0;
+}
+
+static void finish_reply(call_t *c, ckt_message *m) {
+  int err = CKT_OK;
+  if (m->type == CKT_MSG_ERROR) {
+    const char *st = ckt_message_get_arg(m, "ckt.status");
+    err = st && strcmp(st, "no-service") == 0 ? CKT_ERR_NO_SERVICE
+                                              : CKT_ERR_REMOTE;
+  } else if (m->type != CKT_MSG_REPLY || m->call_id != c->id) {
+    ckt_message_free(m);
+    call_finish(c, CKT_ERR_CONNECTION, NULL,
+                "the peer answered with a malformed reply");
+    return;
+  }
+  c->stream = NULL; /* complete: the stream ends on its own */
+  call_finish(c, err, m, NULL);
+}
+
+static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
+                          size_t len, int fin, void *user) {
+  ckt_node *n = user;
+  rxstate *rx = ckt_stream_user(s);
+  (void)fin;
+  while (rx && len > 0) {
+    ckt_message *m = NULL;
+    int rv = rx_feed(n, rx, &data, &len, &m);
+    if (rv == 0) {
+      break;
+    }
+    if (rv < 0) {
+      node_log(n, "malformed frame from %s: %s; stream reset",
+               ((pconn *)ckt_conn_user(conn))
+                   ? ((pconn *)ckt_conn_user(conn))->name
+                   : "a peer",
+               ckt_strerror(rv));
+      if (rx->kind == RX_CALL) {
+        call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
+                    "the peer sent a malformed reply");
+      }
+      return -1;
+    }
+    if (rx->kind == RX_CALL) {
+      ckt_stream_set_user(s, NULL);
+      finish_reply((call_t *)rx, m);
+      return 0;
+    }
+    /* Inbound: trust the transport for who sent it. */
+    {
+      pconn *pc = ckt_conn_user(conn);
+      if (pc) {
+        ckt_message_set_from(m, pc->name);
+      }
+    }
+    if (m->type == CKT_MSG_CALL && (ckt_stream_id(s) & 0x2) == 0) {
+      serve_call(n, s, m);
+    } else if (m->type == CKT_MSG_ONEWAY || m->type == CKT_MSG_PUSH) {
+      serve_oneway(n, m);
+    } else {
+      ckt_message_free(m);
+      return -1;
+    }
+    ckt_message_free(m);
+  }
+  return 0;
+}
+
+static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
+                             void *user) {
+  rxstate *rx = ckt_stream_user(s);
+  (void)conn, (void)user;
+  if (!rx) {
+    return;
+  }
+  ckt_stream_set_user(s, NULL);
+  if (rx->kind == RX_CALL) {
+    call_t *c = (call_t *)rx;
+    char why[128];
+    c->stream = NULL;
+    snprintf(why, sizeof(why),
+             "the peer closed the call's stream without a reply (code %" PRIu64
+             ")",
+             app_error);
+    call_finish(c, CKT_ERR_CONNECTION, NULL, why);
+    return;
+  }
+  rx_clear(rx);
+  free(rx);
+}
+
+static void on_streams_available(ckt_conn *conn, void *user) {
+  pconn *pc = ckt_conn_user(conn);
+  (void)user;
+  if (pc) {
+    pconn_pump(pc);
+  }
+}
+
+/* ---- runtime glue ------------------------------------------------------- */
+
+static void ev_datagram(void *user, const ckt_addr *from, const uint8_t *data,
+                        size_t len) {
+  ckt_node *n = user;
+  ckt_endpoint_recv(n->ep, from, data, len);
+}
+
+static void ev_batch_done(void *user) {
+  ckt_node *n = user;
+  ckt_endpoint_flush(n->ep);
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+void ckt_node_config_init(ckt_node_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+}
+
+static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
+                    size_t ca_len, WOLFSSL_CTX **out) {
+  ckt_identity_options io;
+  ckt_ed25519_key key;
+  ckt_tls_config tc;
+  char *cert = NULL;
+  size_t cert_len = 0;
+  int rv;
+
+  memset(&io, 0, sizeof(io));
+  io.passphrase = n->cfg.passphrase;
+  io.passphrase_user = n->cfg.passphrase_user;
+  rv = ckt_identity_load(n->cert_dir, name, &io, &cert, &cert_len, &key);
+  if (rv != CKT_OK) {
+    node_log(n, "cannot load the identity %s/%s.{crt,key}: %s", n->cert_dir,
+             name, ckt_strerror(rv));
+    return rv;
+  }
+  memset(&tc, 0, sizeof(tc));
+  tc.cert_pem = cert;
+  tc.cert_len = cert_len;
+  tc.key = &key;
+  tc.ca_pem = ca;
+  tc.ca_len = ca_len;
+  tc.aes_gcm = n->cfg.aes_gcm;
+  tc.skip_verify = n->cfg.insecure_skip_verify;
+  rv = ckt_tls_ctx_new(server, &tc, out);
+  if (rv != CKT_OK) {
+    node_log(n, "cannot use the identity %s/%s: %s", n->cert_dir, name,
+             ckt_strerror(rv));
+  }
+  ckt_key_wipe(&key);
+  ckt_free(cert);
+  return rv;
+}
+
+static int identity_exists(ckt_node *n, const char *name) {
+  char path[PATH_MAX];
+  FILE *f;
+  snprintf(path, sizeof(path), "%s/%s.crt", n->cert_dir, name);
+  f = fopen(path, "r");
+  if (f) {
+    fclose(f);
+  }
+  return f != NULL;
+}
+
+static int node_tls(ckt_node *n) {
+  char ca_path[PATH_MAX], *ca = NULL;
+  size_t ca_len = 0;
+  int rv;
+
+  snprintf(ca_path, sizeof(ca_path), "%s", n->ca_file);
+  rv = ckt_pem_file_read(ca_path, &ca, &ca_len);
+  if (rv != CKT_OK) {
+    node_log(n, "cannot read the CA certificate %s: %s", ca_path,
+             rv == CKT_ERR_IO ? strerror(errno) : ckt_strerror(rv));
+    return rv;
+  }
+  if (n->cfg.serve) {
+    rv = load_tls(n, n->server_name, 1, ca, ca_len, &n->server_tls);
+  }
+  if (rv == CKT_OK) {
+    const char *who = n->client_name;
+    if (n->cfg.serve && !identity_exists(n, who)) {
+      who = n->server_name;
+    }
+    rv = load_tls(n, who, 0, ca, ca_len, &n->client_tls);
+  }
+  ckt_free(ca);
+  if (rv == CKT_OK && n->cfg.insecure_skip_verify) {
+    node_log(n, "WARNING: INSECURE skip-verify mode: peers' certificates are "
+                "NOT checked against the CA");
+  }
+  return rv;
+}
+
+static void derive_secret(ckt_node *n, uint8_t out[CKT_STATIC_SECRET_LEN]) {
+  /* Tied to the node's identity and port: a restarted node answers
+   * packets of its previous run with resets the peers accept. */
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, NULL, 0, CKT_STATIC_SECRET_LEN);
+  crypto_generichash_update(&st, (const uint8_t *)"ckt stateless v1", 16);
+  crypto_generichash_update(&st, (const uint8_t *)n->cert_dir,
+                            strlen(n->cert_dir));
+  crypto_generichash_update(&st, (const uint8_t *)n->address,
+                            strlen(n->address));
+  crypto_generichash_final(&st, out, CKT_STATIC_SECRET_LEN);
+}
+
+int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
+  ckt_endpoint_config ec;
+  ckt_ev_receiver recv;
+  ckt_addr bind_addr;
+  char config_dir[PATH_MAX], buf[PATH_MAX];
+  ckt_node *n;
+  int rv;
+
+  if (!cfg || !out) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  n = calloc(1, sizeof(*n));
+  if (!n) {
+    return CKT_ERR_NOMEM;
+  }
+  n->cfg = *cfg;
+  pthread_mutex_init(&n->mu, NULL);
+  if (!n->cfg.call_timeout_ms) {
+    n->cfg.call_timeout_ms = CKT_DEFAULT_CALL_TIMEOUT_MS;
+  }
+  if (!n->cfg.idle_timeout_ms) {
+    n->cfg.idle_timeout_ms = CKT_DEFAULT_IDLE_TIMEOUT_MS;
+  }
+  if (!n->cfg.keepalive_ms) {
+    n->cfg.keepalive_ms = n->cfg.idle_timeout_ms / 3;
+  }
+  if (!n->cfg.handshake_timeout_ms) {
+    n->cfg.handshake_timeout_ms = 10000;
+  }
+  n->lim.max_payload = cfg->max_message_size ? cfg->max_message_size
+                                             : CKT_MESSAGE_DEFAULT_MAX_PAYLOAD;
+  n->listen = strdup(cfg->listen ? cfg->listen : "0.0.0.0:0");
+  if (cfg->cert_dir) {
+    n->cert_dir = strdup(cfg->cert_dir);
+  } else if (ckt_config_dir(config_dir, sizeof(config_dir)) == CKT_OK &&
+             snprintf(buf, sizeof(buf), "%s/certs", config_dir) <
+                 (int)sizeof(buf)) {
+    n->cert_dir = strdup(buf);
+  }
+  n->server_name = strdup(cfg->server_name ? cfg->server_name : "node");
+  n->client_name = strdup(cfg->client_name ? cfg->client_name : "client");
+  if (cfg->ca_file) {
+    n->ca_file = strdup(cfg->ca_file);
+  } else if (n->cert_dir && snprintf(buf, sizeof(buf), "%s/ca.crt",
+                                     n->cert_dir) < (int)sizeof(buf)) {
+    n->ca_file = strdup(buf);
+  }
+  n->cfg.listen = n->cfg.cert_dir = n->cfg.server_name = NULL;
+  n->cfg.client_name = n->cfg.ca_file = NULL;
+  randombytes_buf(&n->next_call_id, sizeof(n->next_call_id));
+  n->next_call_id &= 0x00ffffffffffffffull; /* room to count up */
+  if (!n->listen || !n->cert_dir || !n->server_name || !n->client_name ||
+      !n->ca_file) {
+    rv = CKT_ERR_NOMEM;
+    goto fail;
+  }
+  if (ckt_addr_parse(n->listen, NULL, &bind_addr) != CKT_OK) {
+    node_log(n, "bad listen address '%s' (want host:port)", n->listen);
+    rv = CKT_ERR_INVALID_ARGUMENT;
+    goto fail;
+  }
+  if ((rv = node_tls(n)) != CKT_OK) {
+    goto fail;
+  }
+  if ((rv = ckt_ev_new(&bind_addr, &n->ev)) != CKT_OK) {
+    node_log(n, "cannot bind %s: %s", n->listen,
+             rv == CKT_ERR_IO ? strerror(errno) : ckt_strerror(rv));
+    goto fail;
+  }
+  n->rt = ckt_ev_runtime(n->ev);
+  ckt_addr_format(&ckt_ev_udp(n->ev)->local, n->address, sizeof(n->address));
+  memset(&ec, 0, sizeof(ec));
+  ec.server_tls = n->server_tls;
+  ec.client_tls = n->client_tls;
+  ec.idle_timeout = (uint64_t)n->cfg.idle_timeout_ms * 1000000ull;
+  ec.keepalive = (uint64_t)n->cfg.keepalive_ms * 1000000ull;
+  ec.handshake_timeout = (uint64_t)n->cfg.handshake_timeout_ms * 1000000ull;
+  ec.retry = n->cfg.retry;
+  ec.max_connections = n->cfg.max_connections;
+  derive_secret(n, ec.static_secret);
+  ec.cb.conn_ready = on_conn_ready;
+  ec.cb.conn_closed = on_conn_closed;
+  ec.cb.stream_opened = on_stream_opened;
+  ec.cb.stream_data = on_stream_data;
+  ec.cb.stream_closed = on_stream_closed;
+  ec.cb.streams_available = on_streams_available;
+  ec.user = n;
+  ec.log = ep_log;
+  rv = ckt_endpoint_new(n->rt, &ckt_ev_udp(n->ev)->local, &ec, &n->ep);
+  if (rv != CKT_OK) {
+    goto fail;
+  }
+  recv.datagram = ev_datagram;
+  recv.batch_done = ev_batch_done;
+  recv.user = n;
+  ckt_ev_set_receiver(n->ev, &recv);
+  *out = n;
+  return CKT_OK;
+
+fail:
+  ckt_node_free(n);
+  return rv;
+}
+
+void ckt_node_address(const ckt_node *n, char *out, size_t outsz) {
+  snprintf(out, outsz, "%s", n->address);
+}
+
+static void loop_body(ckt_node *n) {
+  pthread_mutex_lock(&n->mu);
+  n->loop_thread = pthread_self();
+  n->loop_running = 1;
+  pthread_mutex_unlock(&n->mu);
+  ckt_ev_run(n->ev);
+  pthread_mutex_lock(&n->mu);
+  n->loop_running = 0;
+  pthread_mutex_unlock(&n->mu);
+}
+
+static void *loop_main(void *arg) {
+  loop_body(arg);
+  return NULL;
+}
+
+int ckt_node_start(ckt_node *n) {
+  if (n->thread_started) {
+    return CKT_OK;
+  }
+  if (pthread_create(&n->thread, NULL, loop_main, n) != 0) {
+    return CKT_ERR_IO;
+  }
+  n->thread_started = 1;
+  return CKT_OK;
+}
+
+void ckt_node_run(ckt_node *n) {
+  loop_body(n);
+}
+
+/* On the loop: fail what waits, close connections, end the loop. */
+static void stop_on_loop(void *arg) {
+  ckt_node *n = arg;
+  n->stopping = 1;
+  while (n->conns) {
+    pconn *pc = n->conns;
+    while (pc->calls) {
+      call_finish(pc->calls, CKT_ERR_CLOSED, NULL, "the node is stopping");
+    }
+    if (pc->conn) {
+      ckt_conn_close(pc->conn, 0, "node stopping"); /* frees pc */
+    } else {
+      pconn_free(pc);
+    }
+  }
+  ckt_ev_stop(n->ev);
+}
+
+void ckt_node_stop(ckt_node *n) {
+  if (!n || !n->ev) {
+    return;
+  }
+  if (on_loop(n)) {
+    stop_on_loop(n);
+    return;
+  }
+  if (n->rt->ops->post(n->rt, stop_on_loop, n) != CKT_OK) {
+    ckt_ev_stop(n->ev);
+  }
+  if (n->thread_started) {
+    pthread_join(n->thread, NULL);
+    n->thread_started = 0;
+  }
+}
+
+void ckt_node_free(ckt_node *n) {
+  service_t *s;
+  if (!n) {
+    return;
+  }
+  if (n->thread_started) {
+    ckt_node_stop(n);
+  }
+  n->stopping = 1;
+  if (n->ev) {
+    /* Work other threads posted still runs, and fails as "closed". */
+    ckt_ev_run_posted(n->ev);
+  }
+  while (n->conns) {
+    pconn *pc = n->conns;
+    while (pc->calls) {
+      call_finish(pc->calls, CKT_ERR_CLOSED, NULL, "the node is stopping");
+    }
+    pconn_free(pc);
+  }
+  ckt_endpoint_free(n->ep);
+  ckt_ev_free(n->ev);
+  ckt_tls_ctx_free(n->server_tls);
+  ckt_tls_ctx_free(n->client_tls);
+  while ((s = n->services) != NULL) {
+    n->services = s->next;
+    free(s);
+  }
+  free(n->listen);
+  free(n->cert_dir);
+  free(n->server_name);
+  free(n->client_name);
+  free(n->ca_file);
+  pthread_mutex_destroy(&n->mu);
+  free(n);
+}
+
+void ckt_node_get_stats(ckt_node *n, ckt_node_stats *out) {
+  ckt_udp *u = n->ev ? ckt_ev_udp(n->ev) : NULL;
+  out->calls_sent = __atomic_load_n(&n->stats.calls_sent, __ATOMIC_RELAXED);
+  out->calls_answered =
+      __atomic_load_n(&n->stats.calls_answered, __ATOMIC_RELAXED);
+  out->calls_failed = __atomic_load_n(&n->stats.calls_failed, __ATOMIC_RELAXED);
+  out->calls_served = __atomic_load_n(&n->stats.calls_served, __ATOMIC_RELAXED);
+  out->oneways_sent = __atomic_load_n(&n->stats.oneways_sent, __ATOMIC_RELAXED);
+  out->oneways_received =
+      __atomic_load_n(&n->stats.oneways_received, __ATOMIC_RELAXED);
+  out->connections_open =
+      n->ep ? ckt_endpoint_get_stats(n->ep)->connections_open : 0;
+  /* Socket counters are written by the loop thread; a torn read of a
+   * 64-bit counter cannot happen on the 64-bit targets we build for. */
+  out->bytes_sent = u ? u->bytes_sent : 0;
+  out->bytes_received = u ? u->bytes_received : 0;
+  out->datagrams_sent = u ? u->datagrams_sent : 0;
+  out->datagrams_received = u ? u->datagrams_received : 0;
+}

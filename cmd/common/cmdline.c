@@ -2,6 +2,9 @@
 #include "cmdline.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,6 +14,7 @@
 #include <unistd.h>
 
 #include "ckt/error.h"
+#include "ckt/node.h"
 
 void cmd_usage_error(const char *prog, const char *fmt, ...) {
   va_list ap;
@@ -241,3 +245,94 @@ int cmd_passphrase(void *user, const char *what, int confirm, char *buf,
 /* ---- reporting -------------------------------------------------------- */
 
 /* One sentence saying what went wrong with `path` and what to do. */
+
+/* ---- signals and node options ------------------------------------------- */
+
+static void stop_signals(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGTERM);
+}
+
+void cmd_block_signals(void) {
+  sigset_t set;
+  stop_signals(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int cmd_wait_signal(unsigned long timeout_ms) {
+  sigset_t set;
+  struct timespec ts;
+  int sig;
+  stop_signals(&set);
+  if (timeout_ms == 0) {
+    return sigwait(&set, &sig) == 0;
+  }
+  ts.tv_sec = (time_t)(timeout_ms / 1000);
+  ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+  do {
+    sig = sigtimedwait(&set, NULL, &ts);
+  } while (sig < 0 && errno == EINTR);
+  return sig > 0;
+}
+
+size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
+                      cmd_flag *out) {
+  const cmd_flag flags[CMD_NODE_NFLAGS] = {
+      {"certs", CMD_STRING, &o->certs, 0, 0, "DIR",
+       "identities in selfy's layout (default: CONFIG/certs)"},
+      {"k", CMD_STRING, &o->identity, 0, 0, "NAME", identity_help},
+      {"ca", CMD_STRING, &o->ca, 0, 0, "FILE",
+       "CA certificate peers must be signed by (default:\nDIR/ca.crt)"},
+      {"passfile", CMD_STRING, &o->passfile, 0, 0, "FILE",
+       "passphrase of an encrypted key (else $CKT_PASSPHRASE\nor the "
+       "terminal)"},
+      {"aes", CMD_BOOL, &o->aes, 0, 0, NULL,
+       "TLS_AES_128_GCM_SHA256 instead of ChaCha20-Poly1305"},
+      {"skip-verify", CMD_BOOL, &o->skip_verify, 0, 0, NULL,
+       "INSECURE: do not check peers' certificates against\nthe CA"},
+      {"idle", CMD_UINT, &o->idle_ms, 100, 86400000ul, "MS",
+       "declare a silent peer dead after MS ms (default 30000)"},
+      {"max-msg", CMD_UINT, &o->max_msg, 1, 1024ul * 1024 * 1024, "BYTES",
+       "largest message payload (default 16 MiB)"},
+  };
+  memcpy(out, flags, sizeof(flags));
+  return CMD_NODE_NFLAGS;
+}
+
+void cmd_node_config(cmd_node_opts *o, const char *prog,
+                     struct ckt_node_config *cfg) {
+  cfg->cert_dir = o->certs;
+  cfg->ca_file = o->ca;
+  cfg->aes_gcm = o->aes;
+  cfg->insecure_skip_verify = o->skip_verify;
+  cfg->idle_timeout_ms = (uint32_t)o->idle_ms;
+  cfg->max_message_size = o->max_msg;
+  o->pass.prog = prog;
+  o->pass.passfile = o->passfile;
+  cfg->passphrase = cmd_passphrase;
+  cfg->passphrase_user = &o->pass;
+}
+
+int cmd_exit_code(int err) {
+  switch (err) {
+  case CKT_OK:
+    return 0;
+  case CKT_ERR_TLS:
+  case CKT_ERR_PASSPHRASE:
+  case CKT_ERR_PASSPHRASE_REQUIRED:
+  case CKT_ERR_KEY_TYPE:
+  case CKT_ERR_KEY_MISMATCH:
+  case CKT_ERR_CERT_UNTRUSTED:
+  case CKT_ERR_CERT_EXPIRED:
+  case CKT_ERR_CERT_NOT_YET_VALID:
+  case CKT_ERR_CERT_NOT_CA:
+    return CMD_EXIT_AUTH;
+  case CKT_ERR_CONNECTION:
+  case CKT_ERR_TIMEOUT:
+  case CKT_ERR_CLOSED:
+    return CMD_EXIT_NET;
+  default:
+    return CMD_EXIT_FAIL;
+  }
+}

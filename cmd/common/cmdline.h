@@ -53,4 +53,36 @@ typedef struct cmd_pass_source {
 int cmd_passphrase(void *user, const char *what, int confirm, char *buf,
                    size_t bufsize);
 
+/* Blocks SIGINT and SIGTERM in the calling thread and in the threads it
+ * starts afterwards; call before starting a node. */
+void cmd_block_signals(void);
+/* Waits for SIGINT/SIGTERM (blocked by cmd_block_signals()) for at most
+ * timeout_ms (0: forever).  Returns 1 if a signal came, 0 on timeout. */
+int cmd_wait_signal(unsigned long timeout_ms);
+
+/* Node options every networked tool takes, filled by cmd_node_flags() and
+ * turned into a ckt_node_config by cmd_node_config(). */
+typedef struct cmd_node_opts {
+  const char *certs, *identity, *ca, *passfile;
+  int aes, skip_verify;
+  unsigned long idle_ms, max_msg;
+  cmd_pass_source pass;
+} cmd_node_opts;
+
+/* Writes the node flags (-certs, -k, -ca, -passfile, -aes, -skip-verify,
+ * -idle, -max-msg) bound to o into out (room for CMD_NODE_NFLAGS) and
+ * returns their count.  identity_help names the default identity. */
+#define CMD_NODE_NFLAGS 8
+size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
+                      cmd_flag *out);
+
+struct ckt_node_config;
+void cmd_node_config(cmd_node_opts *o, const char *prog,
+                     struct ckt_node_config *cfg);
+
+/* Exit codes shared by the networked tools. */
+enum { CMD_EXIT_FAIL = 1, CMD_EXIT_AUTH = 3, CMD_EXIT_NET = 4 };
+/* Maps a ckt error to one of those exit codes. */
+int cmd_exit_code(int err);
+
 #endif

@@ -920,7 +920,6 @@ static void on_conn_closed(ckt_conn *conn, int err, const char *why,
   }
   while (pc->calls) {
     call_t *c = pc->calls;
-    c->stream = NULL; /* the endpoint frees its streams */
     call_finish(c,
                 pc->n->stopping      ? CKT_ERR_CLOSED
                 : err == CKT_ERR_TLS ? CKT_ERR_TLS

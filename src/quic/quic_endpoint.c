@@ -249,7 +249,9 @@ static void conn_notify_closed(ckt_conn *c, int err, const char *why) {
   }
   c->notified = 1;
   peer_name(c, who, sizeof(who));
-  if (err != CKT_OK) {
+  /* A server-side connection that never finished its handshake is mostly
+   * junk (a stray or forged Initial): only refusals are worth a line. */
+  if (err != CKT_OK && (c->client || c->ready || err == CKT_ERR_TLS)) {
     logf_(ep, "connection %s %s: %s", c->client ? "to" : "from", who, why);
   }
   if (ep->cfg.cb.conn_closed) {
@@ -262,10 +264,19 @@ static void conn_bury(ckt_conn *c) {
   ckt_endpoint *ep = c->ep;
   ngtcp2_cid scids[16];
   size_t i, n;
+  ckt_stream *s;
   if (c->dead) {
     return;
   }
   c->dead = 1;
+  /* Streams die with the connection: owners that still hold state on one
+   * hear of it once, so they can free it. */
+  for (s = c->streams; s; s = s->next) {
+    if (s->user && ep->cfg.cb.stream_closed) {
+      ep->cfg.cb.stream_closed(c, s, 0, ep->cfg.user);
+    }
+    s->user = NULL;
+  }
   if (c->q) {
     n = ngtcp2_conn_get_num_scid(c->q);
     if (n <= sizeof(scids) / sizeof(scids[0])) {
@@ -1005,7 +1016,10 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   ep->stats.connections_accepted++;
   rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, data, len, now(ep));
   if (rv != 0) {
-    conn_error(c, rv);
+    /* The very first packet did not hold up: forget it without a word. */
+    ep->stats.packets_dropped++;
+    c->notified = 1;
+    conn_bury(c);
     return;
   }
   schedule_flush(c);

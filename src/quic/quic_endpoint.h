@@ -39,7 +39,8 @@ typedef struct ckt_endpoint_callbacks {
   void (*conn_ready)(ckt_conn *c, void *user);
   /* The connection is gone: err is CKT_OK for an orderly close by either
    * side, else CKT_ERR_TLS, CKT_ERR_TIMEOUT, CKT_ERR_CONNECTION; `why` is
-   * one sentence.  Streams get no stream_closed after this. */
+   * one sentence.  Right after it, stream_closed runs for every stream
+   * whose user pointer is still set (so owners can free their state). */
   void (*conn_closed)(ckt_conn *c, int err, const char *why, void *user);
   /* The peer opened a stream.  Return 0 to keep it. */
   int (*stream_opened)(ckt_conn *c, ckt_stream *s, void *user);

@@ -335,7 +335,8 @@ int main(int argc, char **argv) {
         flags,
         nf,
         "\nExit status: 0 success, 1 failed calls, 2 usage, 3 authentication "
-        "(TLS),\n4 network (unreachable, timeout).\n"};
+        "(TLS,\npassphrase), 4 network (unreachable, timeout), 5 files "
+        "(missing or\nunreadable identity).\n"};
     int first = cmd_parse(&spec, argc, argv);
     if (first < argc) {
       cmd_usage_error("cli", "unexpected argument '%s'.", argv[first]);

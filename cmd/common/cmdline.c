@@ -327,7 +327,12 @@ int cmd_exit_code(int err) {
   case CKT_ERR_CERT_EXPIRED:
   case CKT_ERR_CERT_NOT_YET_VALID:
   case CKT_ERR_CERT_NOT_CA:
+  case CKT_ERR_CANCELED: /* no passphrase for a sealed key */
     return CMD_EXIT_AUTH;
+  case CKT_ERR_IO:
+  case CKT_ERR_NOT_FOUND:
+  case CKT_ERR_FORMAT:
+    return CMD_EXIT_IO;
   case CKT_ERR_CONNECTION:
   case CKT_ERR_TIMEOUT:
   case CKT_ERR_CLOSED:

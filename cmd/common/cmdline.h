@@ -81,7 +81,12 @@ void cmd_node_config(cmd_node_opts *o, const char *prog,
                      struct ckt_node_config *cfg);
 
 /* Exit codes shared by the networked tools. */
-enum { CMD_EXIT_FAIL = 1, CMD_EXIT_AUTH = 3, CMD_EXIT_NET = 4 };
+enum {
+  CMD_EXIT_FAIL = 1,
+  CMD_EXIT_AUTH = 3,
+  CMD_EXIT_NET = 4,
+  CMD_EXIT_IO = 5
+};
 /* Maps a ckt error to one of those exit codes. */
 int cmd_exit_code(int err);
 

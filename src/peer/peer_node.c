@@ -897,6 +897,45 @@ static void serve_oneway(ckt_node *n, ckt_message *msg) {
 
 /* ---- endpoint callbacks ------------------------------------------------- */
 
+/* When two nodes dial each other at once, the connection that came up
+ * first carries what waits for the other one, which is then closed. */
+static void adopt_waiting(pconn *pc) {
+  ckt_node *n = pc->n;
+  pconn *o, *next;
+  for (o = n->conns; o; o = next) {
+    next = o->next;
+    if (o == pc || ckt_conn_is_ready(o->conn) ||
+        !ckt_addr_equal(&o->addr, &pc->addr)) {
+      continue;
+    }
+    while (o->calls && !o->calls->stream) {
+      call_t *c = o->calls;
+      call_unlink(c);
+      c->pc = pc;
+      c->next = pc->calls;
+      if (pc->calls) {
+        pc->calls->prev = c;
+      }
+      pc->calls = c;
+    }
+    while (o->ow_head) {
+      oneway *w = o->ow_head;
+      o->ow_head = w->next;
+      w->next = NULL;
+      if (pc->ow_tail) {
+        pc->ow_tail->next = w;
+      } else {
+        pc->ow_head = w;
+      }
+      pc->ow_tail = w;
+    }
+    o->ow_tail = NULL;
+    if (!o->calls && o->conn) {
+      ckt_conn_close(o->conn, 0, "superseded by another connection");
+    }
+  }
+}
+
 static void on_conn_ready(ckt_conn *conn, void *user) {
   ckt_node *n = user;
   pconn *pc = ckt_conn_user(conn);
@@ -908,6 +947,7 @@ static void on_conn_ready(ckt_conn *conn, void *user) {
     }
     ckt_conn_set_user(conn, pc);
   }
+  adopt_waiting(pc);
   pconn_pump(pc);
 }
 

@@ -1015,6 +1015,11 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   conn_link(c);
   ep->stats.connections_accepted++;
   rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, data, len, now(ep));
+  if (rv == NGTCP2_ERR_CRYPTO) {
+    /* A real ClientHello we refuse (no common suite, ...): say why. */
+    conn_fail(c, rv);
+    return;
+  }
   if (rv != 0) {
     /* The very first packet did not hold up: forget it without a word. */
     ep->stats.packets_dropped++;

@@ -688,21 +688,33 @@ Test(node, a_killed_client_is_detected) {
   char saddr[80];
   ckt_node *srv;
   ckt_node_stats st;
+  int pipefd[2], status, i;
   pid_t pid;
-  int status, i;
   logbuf_init(&slog);
-  srv = start_node(&so, saddr, sizeof(saddr));
-  ckt_node_register_call(srv, "echo", echo, NULL);
+  cr_assert_eq(pipe(pipefd), 0);
+  /* Fork before any thread exists here: the child starts clean. */
   pid = fork();
   if (pid == 0) {
     node_opts co = {.idle_ms = 500};
-    ckt_node *cli = start_node(&co, NULL, 0);
+    ckt_node *cli;
     ckt_message *reply = NULL;
-    int rv = call(cli, saddr, "echo", "x", 5000, &reply);
+    int rv;
+    close(pipefd[1]);
+    if (read(pipefd[0], saddr, sizeof(saddr)) != (ssize_t)sizeof(saddr)) {
+      _exit(1);
+    }
+    cli = start_node(&co, NULL, 0);
+    rv = call(cli, saddr, "echo", "x", 5000, &reply);
     /* Die without a word: no CONNECTION_CLOSE reaches the server. */
     raise(rv == CKT_OK ? SIGKILL : SIGABRT);
+    _exit(1);
   }
   cr_assert_gt(pid, 0);
+  close(pipefd[0]);
+  srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  cr_assert_eq(write(pipefd[1], saddr, sizeof(saddr)), (ssize_t)sizeof(saddr));
+  close(pipefd[1]);
   waitpid(pid, &status, 0);
   cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
             "the child's call failed");
@@ -731,7 +743,9 @@ Test(node, a_killed_server_fails_pending_calls_early) {
   pid = fork();
   if (pid == 0) {
     node_opts so = {.serve = 1, .idle_ms = 500};
-    ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+    ckt_node *srv;
+    close(pipefd[0]);
+    srv = start_node(&so, saddr, sizeof(saddr));
     ckt_node_register_call(srv, "echo", echo, NULL);
     ckt_node_register_call(srv, "slow", slow, NULL);
     if (write(pipefd[1], saddr, sizeof(saddr)) != (ssize_t)sizeof(saddr)) {
@@ -740,7 +754,9 @@ Test(node, a_killed_server_fails_pending_calls_early) {
     pause();
     _exit(0);
   }
+  close(pipefd[1]); /* a child that dies early then gives EOF, not a hang */
   cr_assert_eq(read(pipefd[0], saddr, sizeof(saddr)), (ssize_t)sizeof(saddr));
+  close(pipefd[0]);
   cli = start_node(&co, NULL, 0);
   cr_assert_eq(call(cli, saddr, "echo", "x", 5000, &reply), CKT_OK);
   ckt_message_free(reply);

@@ -360,6 +360,7 @@ int main(int argc, char **argv) {
   rv = ckt_node_new(&cfg, &c.n);
   if (rv != CKT_OK) {
     fprintf(stderr, "cli: cannot start: %s.\n", ckt_strerror(rv));
+    free(c.payload);
     return cmd_exit_code(rv);
   }
   if (c.pushes) {

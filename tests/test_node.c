@@ -209,6 +209,22 @@ Test(node, handshake_and_call_chacha20_ed25519) {
   ckt_node_free(srv);
 }
 
+Test(node, retry_validates_the_client_address) {
+  node_opts so = {.serve = 1, .retry = 1}, co = {0};
+  char saddr[80];
+  ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node *cli = start_node(&co, NULL, 0);
+  ckt_message *reply = NULL;
+  ckt_node_stats st;
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  cr_assert_eq(call(cli, saddr, "echo", "after a retry", 5000, &reply), CKT_OK);
+  ckt_message_free(reply);
+  ckt_node_get_stats(srv, &st);
+  cr_assert_eq(st.retries_sent, 1);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
 Test(node, aes_gcm_is_selectable) {
   node_opts so = {.serve = 1, .aes = 1}, co = {.aes = 1};
   char saddr[80], suite[64];
@@ -654,6 +670,11 @@ Test(node, random_datagrams_do_not_disturb_a_live_connection) {
     ckt_node_stats st;
     ckt_node_get_stats(srv, &st);
     cr_assert_eq(st.connections_open, 1, "junk opened no connection");
+    cr_assert_gt(st.packets_dropped, 10000);
+    cr_assert_gt(st.version_negotiations_sent, 0);
+    /* Resets are rate-limited: 100 a second plus the initial burst. */
+    cr_assert_gt(st.stateless_resets_sent, 0);
+    cr_assert_lt(st.stateless_resets_sent, 100 + 100 * 30);
   }
   ckt_node_free(cli);
   ckt_node_free(srv);

@@ -157,6 +157,10 @@ typedef struct ckt_node_stats {
   uint64_t connections_open;
   uint64_t bytes_sent, bytes_received; /* UDP payload bytes */
   uint64_t datagrams_sent, datagrams_received;
+  /* Datagrams that belonged to nobody or did not decode, and what the
+   * endpoint answered to strangers. */
+  uint64_t packets_dropped, stateless_resets_sent, version_negotiations_sent,
+      retries_sent;
 } ckt_node_stats;
 
 /* A snapshot; safe from any thread. */

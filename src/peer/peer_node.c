@@ -1018,7 +1018,7 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
         call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
                     "the peer sent a malformed reply");
       }
-      return -1;
+      return APP_MALFORMED;
     }
     if (rx->kind == RX_CALL) {
       ckt_stream_set_user(s, NULL);
@@ -1038,7 +1038,7 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
       serve_oneway(n, m);
     } else {
       ckt_message_free(m);
-      return -1;
+      return APP_MALFORMED;
     }
     ckt_message_free(m);
   }
@@ -1406,8 +1406,18 @@ void ckt_node_get_stats(ckt_node *n, ckt_node_stats *out) {
   out->oneways_sent = __atomic_load_n(&n->stats.oneways_sent, __ATOMIC_RELAXED);
   out->oneways_received =
       __atomic_load_n(&n->stats.oneways_received, __ATOMIC_RELAXED);
-  out->connections_open =
-      n->ep ? ckt_endpoint_get_stats(n->ep)->connections_open : 0;
+  if (n->ep) {
+    const ckt_endpoint_stats *es = ckt_endpoint_get_stats(n->ep);
+    out->connections_open = es->connections_open;
+    out->packets_dropped = es->packets_dropped;
+    out->stateless_resets_sent = es->stateless_resets_sent;
+    out->version_negotiations_sent = es->version_negotiations_sent;
+    out->retries_sent = es->retries_sent;
+  } else {
+    out->connections_open = out->packets_dropped = 0;
+    out->stateless_resets_sent = out->version_negotiations_sent = 0;
+    out->retries_sent = 0;
+  }
   /* Socket counters are written by the loop thread; a torn read of a
    * 64-bit counter cannot happen on the 64-bit targets we build for. */
   out->bytes_sent = u ? u->bytes_sent : 0;

@@ -368,7 +368,7 @@ static void conn_fail(ckt_conn *c, int liberr) {
   if (liberr == NGTCP2_ERR_CRYPTO) {
     uint8_t alert = ngtcp2_conn_get_tls_alert(c->q);
     const char *reason =
-        c->link.why[0] ? c->link.why : ckt_tls_alert_text(alert);
+        c->link.why[0] ? c->link.why : ckt_tls_refusal_text(alert, !c->client);
     ngtcp2_connection_close_error_set_transport_error_tls_alert(
         &ccerr, alert, (const uint8_t *)reason, strlen(reason));
     snprintf(why, sizeof(why), "TLS handshake with %s refused here: %s", who,
@@ -632,10 +632,12 @@ static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid,
   if (!s) {
     return 0; /* a stream we already let go of */
   }
-  if (ep->cfg.cb.stream_data &&
-      ep->cfg.cb.stream_data(c, s, data, len, fin, ep->cfg.user) != 0) {
-    ngtcp2_conn_shutdown_stream(q, sid, 1 /* malformed */);
-    schedule_flush(c);
+  if (ep->cfg.cb.stream_data) {
+    int code = ep->cfg.cb.stream_data(c, s, data, len, fin, ep->cfg.user);
+    if (code != 0) {
+      ngtcp2_conn_shutdown_stream(q, sid, (uint64_t)(code > 0 ? code : 1));
+      schedule_flush(c);
+    }
   }
   ngtcp2_conn_extend_max_stream_offset(q, sid, len);
   ngtcp2_conn_extend_max_offset(q, len);

@@ -45,7 +45,8 @@ typedef struct ckt_endpoint_callbacks {
   /* The peer opened a stream.  Return 0 to keep it. */
   int (*stream_opened)(ckt_conn *c, ckt_stream *s, void *user);
   /* Bytes arrived on s (copy what you keep); fin: the peer finished
-   * sending.  Return 0, or nonzero to reset the stream (bad framing). */
+   * sending.  Return 0, or a positive application error code to reset the
+   * stream with it (bad framing). */
   int (*stream_data)(ckt_conn *c, ckt_stream *s, const uint8_t *data,
                      size_t len, int fin, void *user);
   /* s is closed in both directions (app_error != 0: it was reset). */

@@ -259,3 +259,18 @@ const char *ckt_tls_alert_text(uint8_t alert) {
     return "TLS handshake failed";
   }
 }
+
+const char *ckt_tls_refusal_text(uint8_t alert, int server) {
+  switch (alert) {
+  case 40:
+    return "no common cipher suite, group or signature algorithm (ckt "
+           "needs Ed25519, X25519 and the same suite on both ends)";
+  case 116:
+    return server ? "the client presented no certificate"
+                  : "the server presented no certificate";
+  case 120:
+    return "no common application protocol (ALPN ckt/1)";
+  default:
+    return "TLS handshake failed";
+  }
+}

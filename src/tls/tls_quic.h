@@ -62,4 +62,8 @@ const char *ckt_tls_suite(WOLFSSL *ssl);
  * (certificate_required, unknown_ca, ...). */
 const char *ckt_tls_alert_text(uint8_t alert);
 
+/* Why this side refuses a handshake it aborts with `alert`, when no
+ * certificate check of ours said more (server: 1 if we are the server). */
+const char *ckt_tls_refusal_text(uint8_t alert, int server);
+
 #endif

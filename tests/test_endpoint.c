@@ -16,6 +16,7 @@
 #include <ngtcp2/ngtcp2_crypto_wolfssl.h>
 
 #include "ckt/ckt.h"
+#include "test_logbuf.h"
 #include "core_buf.h"
 #include "fragment_codec.h"
 #include "quic_endpoint.h"
@@ -79,23 +80,6 @@ static const char *path_of(const char *rel, char *buf, size_t n) {
 
 /* ---- the server: a real node -------------------------------------------- */
 
-typedef struct logbuf {
-  pthread_mutex_t mu;
-  char text[8192];
-  size_t len;
-} logbuf;
-
-static void log_line(void *user, const char *line) {
-  logbuf *l = user;
-  pthread_mutex_lock(&l->mu);
-  l->len += (size_t)snprintf(l->text + l->len, sizeof(l->text) - l->len, "%s\n",
-                             line);
-  if (l->len >= sizeof(l->text)) {
-    l->len = sizeof(l->text) - 1;
-  }
-  pthread_mutex_unlock(&l->mu);
-}
-
 static int echo(ckt_node *n, const ckt_message *req, ckt_message *reply,
                 void *user) {
   (void)n, (void)user;
@@ -116,8 +100,7 @@ static ckt_node *server(const char *certs_rel, logbuf *log, char *addr,
   cfg.cert_dir = path_of(certs_rel, dir, sizeof(dir));
   cfg.log = log_line;
   cfg.log_user = log;
-  memset(log, 0, sizeof(*log));
-  pthread_mutex_init(&log->mu, NULL);
+  logbuf_init(log);
   cr_assert_eq(ckt_node_new(&cfg, &node), CKT_OK);
   cr_assert_eq(ckt_node_register_call(node, "echo", echo, NULL), CKT_OK);
   cr_assert_eq(ckt_node_start(node), CKT_OK);
@@ -335,7 +318,7 @@ static void expect_refused(const char *kind, const char *server_certs,
   cr_assert(strstr(cl.why, client_text), "client: %s", cl.why);
   client_stop(&cl);
   ckt_node_free(srv);
-  cr_assert(strstr(slog.text, server_text), "server log: %s", slog.text);
+  cr_assert(log_has(&slog, server_text), "server log: %s", slog.text);
 }
 
 Test(endpoint, an_rsa_client_is_refused_on_both_sides) {
@@ -356,8 +339,7 @@ Test(endpoint, an_expired_server_certificate_is_refused_on_both_sides) {
   ckt_node_config cfg;
   ckt_node *cli;
   ckt_message *req = ckt_message_new(), *reply = NULL;
-  memset(&clog, 0, sizeof(clog));
-  pthread_mutex_init(&clog.mu, NULL);
+  logbuf_init(&clog);
   ckt_node_config_init(&cfg);
   cfg.listen = "127.0.0.1:0";
   cfg.cert_dir = path_of("ossl", dir, sizeof(dir));
@@ -381,8 +363,7 @@ Test(endpoint, a_node_refuses_to_start_with_an_rsa_identity) {
   ckt_node_config cfg;
   ckt_node *n = NULL;
   logbuf log;
-  memset(&log, 0, sizeof(log));
-  pthread_mutex_init(&log.mu, NULL);
+  logbuf_init(&log);
   ckt_node_config_init(&cfg);
   cfg.listen = "127.0.0.1:0";
   cfg.serve = 1;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ckt/ckt.h"
+#include "test_logbuf.h"
 #include "core_addr.h"
 
 /* ---- fixtures: two independent CAs with node + client identities ------- */
@@ -60,37 +61,6 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
 }
 
 /* ---- helpers ------------------------------------------------------------- */
-
-/* Log lines of a node, kept for assertions. */
-typedef struct logbuf {
-  pthread_mutex_t mu;
-  char text[16384];
-  size_t len;
-} logbuf;
-
-static void log_line(void *user, const char *line) {
-  logbuf *l = user;
-  pthread_mutex_lock(&l->mu);
-  l->len += (size_t)snprintf(l->text + l->len, sizeof(l->text) - l->len, "%s\n",
-                             line);
-  if (l->len >= sizeof(l->text)) {
-    l->len = sizeof(l->text) - 1;
-  }
-  pthread_mutex_unlock(&l->mu);
-}
-
-static int log_has(logbuf *l, const char *needle) {
-  int yes;
-  pthread_mutex_lock(&l->mu);
-  yes = strstr(l->text, needle) != NULL;
-  pthread_mutex_unlock(&l->mu);
-  return yes;
-}
-
-static void logbuf_init(logbuf *l) {
-  memset(l, 0, sizeof(*l));
-  pthread_mutex_init(&l->mu, NULL);
-}
 
 typedef struct node_opts {
   const char *certs; /* "A" or "B" */

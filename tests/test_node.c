@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -690,6 +691,8 @@ Test(node, a_killed_client_is_detected) {
     ckt_node *cli;
     ckt_message *reply = NULL;
     int rv;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    alarm(60);
     close(pipefd[1]);
     if (read(pipefd[0], saddr, sizeof(saddr)) != (ssize_t)sizeof(saddr)) {
       _exit(1);
@@ -735,6 +738,9 @@ Test(node, a_killed_server_fails_pending_calls_early) {
   if (pid == 0) {
     node_opts so = {.serve = 1, .idle_ms = 500};
     ckt_node *srv;
+    /* Never outlive the test, whatever happens to it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    alarm(60);
     close(pipefd[0]);
     srv = start_node(&so, saddr, sizeof(saddr));
     ckt_node_register_call(srv, "echo", echo, NULL);

@@ -9,6 +9,7 @@
 #define CKT_CKT_H
 
 #include "ckt/error.h"
+#include "ckt/fragment.h"
 #include "ckt/identity.h"
 #include "ckt/message.h"
 #include "ckt/node.h"

@@ -94,8 +94,8 @@ typedef void (*ckt_oneway_handler)(ckt_node *n, const ckt_message *msg,
 /* Completion of an asynchronous call, on the loop thread.  err is CKT_OK
  * with the reply, or CKT_ERR_TIMEOUT, CKT_ERR_CONNECTION, CKT_ERR_TLS,
  * CKT_ERR_REMOTE, CKT_ERR_NO_SERVICE, CKT_ERR_CLOSED, CKT_ERR_TOO_LARGE,
- * CKT_ERR_INVALID_ARGUMENT; `reply` is never NULL: on errors its err field
- * says what happened in one sentence. */
+ * CKT_ERR_INVALID_ARGUMENT, CKT_ERR_NOMEM; `reply` is never NULL: on errors its
+ * err field says what happened in one sentence. */
 typedef void (*ckt_call_done)(ckt_node *n, int err, const ckt_message *reply,
                               void *user);
 

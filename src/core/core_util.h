@@ -8,6 +8,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Counters written by one thread (the loop) and read by any: relaxed
+ * atomic loads and stores, no locked instruction on the hot path. */
+#define CKT_COUNTER_ADD(field, v)                                              \
+  __atomic_store_n(&(field),                                                   \
+                   __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v),          \
+                   __ATOMIC_RELAXED)
+#define CKT_COUNTER_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
 /* Zeroes memory in a way the compiler may not elide. */
 void ckt_secure_zero(void *p, size_t n);
 /* Fills buf with bytes from the kernel's CSPRNG (getrandom).

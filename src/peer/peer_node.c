@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core_buf.h"
 #include "core_util.h"
@@ -37,8 +38,8 @@ typedef struct rxstate {
   uint8_t hdr[CKT_FRAME_HEADER_LEN];
   size_t hdr_got;
   uint32_t body_len;
-  uint8_t *body;
-  size_t body_got;
+  ckt_buf body;    /* grows as bytes arrive, never past body_len */
+  uint64_t credit; /* bytes of the frame being read, not yet credited */
 } rxstate;
 
 typedef struct pconn pconn;
@@ -76,6 +77,7 @@ struct pconn {
   ckt_addr addr;
   char name[CKT_ADDR_STRLEN];
   call_t *calls; /* waiting for a stream or in flight */
+  int linked;    /* in n->conns */
   oneway *ow_head, *ow_tail;
 };
 
@@ -133,6 +135,14 @@ static void ep_log(void *user, const char *line) {
 #define STAT_ADD(n, field, v)                                                  \
   __atomic_add_fetch(&(n)->stats.field, (v), __ATOMIC_RELAXED)
 
+static int stopping(ckt_node *n) {
+  return __atomic_load_n(&n->stopping, __ATOMIC_ACQUIRE);
+}
+
+static void set_stopping(ckt_node *n) {
+  __atomic_store_n(&n->stopping, 1, __ATOMIC_RELEASE);
+}
+
 static int on_loop(ckt_node *n) {
   int yes;
   pthread_mutex_lock(&n->mu);
@@ -168,25 +178,39 @@ static int frame_encode(ckt_node *n, const ckt_message *m, uint8_t **out,
 }
 
 static void rx_clear(rxstate *rx) {
-  free(rx->body);
-  rx->body = NULL;
-  rx->hdr_got = rx->body_got = 0;
+  ckt_buf_free(&rx->body);
+  rx->hdr_got = 0;
   rx->body_len = 0;
 }
 
+/* Gives back the connection credit of what rx holds, when it is consumed
+ * or thrown away: until then it counts against the peer's window, which
+ * bounds what a peer can make us buffer. */
+static void rx_credit(ckt_conn *conn, rxstate *rx) {
+  if (rx->credit) {
+    ckt_conn_credit(conn, rx->credit);
+    rx->credit = 0;
+  }
+}
+
 /* Feeds stream bytes; returns 1 with *out when a message is complete, 0
- * when more is needed, or a CKT_ERR_* for a bad frame. */
+ * when more is needed, or a CKT_ERR_* for a bad frame.  The body buffer
+ * grows with what actually arrived, so a header announcing a large frame
+ * costs nothing by itself. */
 static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
                    ckt_message **out) {
   while (*len > 0) {
+    size_t take;
+    int rv;
     if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
-      size_t take = CKT_FRAME_HEADER_LEN - rx->hdr_got;
       uint8_t type;
+      take = CKT_FRAME_HEADER_LEN - rx->hdr_got;
       if (take > *len) {
         take = *len;
       }
       memcpy(rx->hdr + rx->hdr_got, *data, take);
       rx->hdr_got += take;
+      rx->credit += take;
       *data += take;
       *len -= take;
       if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
@@ -199,28 +223,24 @@ static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
       if (rx->body_len > ckt_message_encoded_max(&n->lim)) {
         return CKT_ERR_TOO_LARGE;
       }
-      rx->body = malloc(rx->body_len ? rx->body_len : 1);
-      if (!rx->body) {
-        return CKT_ERR_NOMEM;
-      }
+      ckt_buf_init(&rx->body, rx->body_len);
     }
-    {
-      size_t take = rx->body_len - rx->body_got;
-      int rv;
-      if (take > *len) {
-        take = *len;
-      }
-      memcpy(rx->body + rx->body_got, *data, take);
-      rx->body_got += take;
-      *data += take;
-      *len -= take;
-      if (rx->body_got < rx->body_len) {
-        return 0;
-      }
-      rv = ckt_message_decode(rx->body, rx->body_len, &n->lim, out);
-      rx_clear(rx);
-      return rv == CKT_OK ? 1 : rv;
+    take = rx->body_len - rx->body.len;
+    if (take > *len) {
+      take = *len;
     }
+    if ((rv = ckt_buf_append(&rx->body, *data, take)) != CKT_OK) {
+      return rv;
+    }
+    rx->credit += take;
+    *data += take;
+    *len -= take;
+    if (rx->body.len < rx->body_len) {
+      return 0;
+    }
+    rv = ckt_message_decode(rx->body.data, rx->body_len, &n->lim, out);
+    rx_clear(rx);
+    return rv == CKT_OK ? 1 : rv;
   }
   return 0;
 }
@@ -241,16 +261,14 @@ static pconn *pconn_new(ckt_node *n, ckt_conn *conn, const ckt_addr *addr) {
     n->conns->prev = pc;
   }
   n->conns = pc;
+  pc->linked = 1;
   return pc;
 }
 
-static void pconn_free(pconn *pc) {
+static void pconn_unlink(pconn *pc) {
   ckt_node *n = pc->n;
-  while (pc->ow_head) {
-    oneway *o = pc->ow_head;
-    pc->ow_head = o->next;
-    free(o->frame);
-    free(o);
+  if (!pc->linked) {
+    return;
   }
   if (pc->prev) {
     pc->prev->next = pc->next;
@@ -260,6 +278,18 @@ static void pconn_free(pconn *pc) {
   if (pc->next) {
     pc->next->prev = pc->prev;
   }
+  pc->next = pc->prev = NULL;
+  pc->linked = 0;
+}
+
+static void pconn_free(pconn *pc) {
+  while (pc->ow_head) {
+    oneway *o = pc->ow_head;
+    pc->ow_head = o->next;
+    free(o->frame);
+    free(o);
+  }
+  pconn_unlink(pc);
   free(pc);
 }
 
@@ -289,7 +319,7 @@ static int pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
     *out = pc;
     return CKT_OK;
   }
-  if (n->stopping) {
+  if (stopping(n)) {
     return CKT_ERR_CLOSED;
   }
   pc = pconn_new(n, NULL, addr);
@@ -333,6 +363,7 @@ static void call_finish(call_t *c, int err, ckt_message *reply,
     n->rt->ops->timer_free(n->rt, c->timer);
   }
   if (c->stream) {
+    rx_credit(ckt_stream_conn(c->stream), &c->rx);
     ckt_stream_set_user(c->stream, NULL);
     if (err != CKT_OK && err != CKT_ERR_REMOTE && err != CKT_ERR_NO_SERVICE) {
       ckt_stream_reset(c->stream, APP_CANCELED);
@@ -385,9 +416,14 @@ static void pconn_pump(pconn *pc) {
       continue;
     }
     if (ckt_conn_open_stream(pc->conn, 1, c, &c->stream) != CKT_OK) {
+      c->stream = NULL;
       return; /* stream limit: streams_available brings us back */
     }
     if (ckt_stream_write(c->stream, c->frame, c->frame_len, 1) != CKT_OK) {
+      /* The connection will not take it: give the stream back; the call
+       * waits for another chance or its deadline. */
+      ckt_stream_set_user(c->stream, NULL);
+      ckt_stream_reset(c->stream, APP_CANCELED);
       c->stream = NULL;
       return;
     }
@@ -401,6 +437,7 @@ static void pconn_pump(pconn *pc) {
       return;
     }
     if (ckt_stream_write(s, o->frame, o->frame_len, 1) != CKT_OK) {
+      ckt_stream_reset(s, APP_CANCELED);
       return;
     }
     pc->ow_head = o->next;
@@ -485,7 +522,7 @@ int ckt_node_call_async(ckt_node *n, const char *peer, ckt_message *req,
     ckt_message_free(req);
     return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (n->stopping) {
+  if (stopping(n)) {
     ckt_message_free(req);
     return CKT_ERR_CLOSED;
   }
@@ -631,49 +668,105 @@ static void send_start(void *arg) {
   pconn_pump(pc);
 }
 
+/* What a caller thread learns about a connection (filled on the loop). */
+typedef struct conn_facts {
+  int found;
+  char suite[64], key[65];
+} conn_facts;
+
 typedef struct find_job {
   ckt_node *n;
   ckt_addr addr;
-  int found;
-  char suite[64], key[65];
+  conn_facts facts;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int done;
+  int done, refs; /* the asking thread and the loop each hold one */
 } find_job;
 
-static void find_conn(void *arg) {
-  find_job *f = arg;
-  pconn *pc = pconn_find(f->n, &f->addr);
+static void facts_of(ckt_node *n, const ckt_addr *addr, conn_facts *f) {
+  pconn *pc = pconn_find(n, addr);
+  memset(f, 0, sizeof(*f));
   if (pc && ckt_conn_is_ready(pc->conn)) {
     f->found = 1;
     snprintf(f->suite, sizeof(f->suite), "%s", ckt_conn_suite(pc->conn));
     snprintf(f->key, sizeof(f->key), "%s", ckt_conn_peer_key(pc->conn));
   }
+}
+
+static void find_unref(find_job *f) {
+  int last;
   pthread_mutex_lock(&f->mu);
+  last = --f->refs == 0;
+  pthread_mutex_unlock(&f->mu);
+  if (last) {
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+  }
+}
+
+static void find_conn(void *arg) {
+  find_job *f = arg;
+  conn_facts facts;
+  facts_of(f->n, &f->addr, &facts);
+  pthread_mutex_lock(&f->mu);
+  f->facts = facts;
   f->done = 1;
   pthread_cond_signal(&f->cv);
   pthread_mutex_unlock(&f->mu);
+  find_unref(f);
 }
 
-/* Asks the loop whether a ready connection to addr exists. */
-static int lookup_conn(ckt_node *n, const ckt_addr *addr, find_job *f) {
-  memset(f, 0, sizeof(*f));
+static int loop_running(ckt_node *n) {
+  int yes;
+  pthread_mutex_lock(&n->mu);
+  yes = n->loop_running;
+  pthread_mutex_unlock(&n->mu);
+  return yes;
+}
+
+/* Asks the loop whether a ready connection to addr exists.  From another
+ * thread the answer may take up to 5 s (a busy loop); a loop that does
+ * not run answers "no" at once instead of hanging the caller. */
+static int lookup_conn(ckt_node *n, const ckt_addr *addr, conn_facts *out) {
+  struct timespec until;
+  find_job *f;
+  int rv = CKT_ERR_NOT_FOUND;
+
+  memset(out, 0, sizeof(*out));
+  if (on_loop(n)) {
+    facts_of(n, addr, out);
+    return out->found ? CKT_OK : CKT_ERR_NOT_FOUND;
+  }
+  if (stopping(n) || !loop_running(n)) {
+    return CKT_ERR_NOT_FOUND;
+  }
+  f = calloc(1, sizeof(*f));
+  if (!f) {
+    return CKT_ERR_NOMEM;
+  }
   f->n = n;
   f->addr = *addr;
+  f->refs = 2;
   pthread_mutex_init(&f->mu, NULL);
   pthread_cond_init(&f->cv, NULL);
-  if (on_loop(n)) {
-    find_conn(f);
-  } else if (n->rt->ops->post(n->rt, find_conn, f) == CKT_OK) {
-    pthread_mutex_lock(&f->mu);
-    while (!f->done) {
-      pthread_cond_wait(&f->cv, &f->mu);
-    }
-    pthread_mutex_unlock(&f->mu);
+  if (n->rt->ops->post(n->rt, find_conn, f) != CKT_OK) {
+    f->refs = 1;
+    find_unref(f);
+    return CKT_ERR_NOMEM;
   }
-  pthread_cond_destroy(&f->cv);
-  pthread_mutex_destroy(&f->mu);
-  return f->found ? CKT_OK : CKT_ERR_NOT_FOUND;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  pthread_mutex_lock(&f->mu);
+  while (!f->done && pthread_cond_timedwait(&f->cv, &f->mu, &until) == 0) {
+  }
+  if (f->done && f->facts.found) {
+    *out = f->facts;
+    rv = CKT_OK;
+  }
+  pthread_mutex_unlock(&f->mu);
+  find_unref(f);
+  return rv;
 }
 
 static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
@@ -684,7 +777,7 @@ static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
     ckt_message_free(msg);
     return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (n->stopping) {
+  if (stopping(n)) {
     ckt_message_free(msg);
     return CKT_ERR_CLOSED;
   }
@@ -699,7 +792,7 @@ static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
     return CKT_ERR_INVALID_ARGUMENT;
   }
   if (push) {
-    find_job f;
+    conn_facts f;
     if (lookup_conn(n, &job->addr, &f) != CKT_OK) {
       free(job);
       ckt_message_free(msg);
@@ -735,7 +828,7 @@ int ckt_node_push(ckt_node *n, const char *client, ckt_message *msg) {
 int ckt_node_peer_info(ckt_node *n, const char *peer, char *suite,
                        size_t suite_sz, char *peer_key, size_t key_sz) {
   ckt_addr addr;
-  find_job f;
+  conn_facts f;
   if (!n || !peer || ckt_addr_parse(peer, NULL, &addr) != CKT_OK) {
     return CKT_ERR_INVALID_ARGUMENT;
   }
@@ -954,17 +1047,22 @@ static void on_conn_ready(ckt_conn *conn, void *user) {
 static void on_conn_closed(ckt_conn *conn, int err, const char *why,
                            void *user) {
   pconn *pc = ckt_conn_user(conn);
-  (void)user;
+  ckt_node *n = user;
+  int call_err = CKT_ERR_CONNECTION;
   if (!pc) {
     return;
   }
+  if (stopping(n)) {
+    call_err = CKT_ERR_CLOSED;
+  } else if (err == CKT_ERR_TLS || err == CKT_ERR_TIMEOUT) {
+    call_err = err;
+  }
+  /* Out of the list first: a done callback that retries must dial anew,
+   * not queue on the connection that is going away. */
+  pconn_unlink(pc);
+  ckt_conn_set_user(conn, NULL);
   while (pc->calls) {
-    call_t *c = pc->calls;
-    call_finish(c,
-                pc->n->stopping      ? CKT_ERR_CLOSED
-                : err == CKT_ERR_TLS ? CKT_ERR_TLS
-                                     : CKT_ERR_CONNECTION,
-                NULL, why);
+    call_finish(pc->calls, call_err, NULL, why);
   }
   pconn_free(pc);
 }
@@ -997,12 +1095,28 @@ static void finish_reply(call_t *c, ckt_message *m) {
   call_finish(c, err, m, NULL);
 }
 
+/* Drops an inbound stream's state after a bad frame: its bytes are
+ * credited back and nothing more is read from it. */
+static void inbound_drop(ckt_conn *conn, ckt_stream *s, rxstate *rx,
+                         size_t unread) {
+  rx->credit += unread;
+  rx_credit(conn, rx);
+  ckt_stream_set_user(s, NULL);
+  rx_clear(rx);
+  free(rx);
+}
+
 static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
                           size_t len, int fin, void *user) {
   ckt_node *n = user;
   rxstate *rx = ckt_stream_user(s);
+  pconn *pc = ckt_conn_user(conn);
   (void)fin;
-  while (rx && len > 0) {
+  if (!rx) {
+    ckt_conn_credit(conn, len); /* a stream we gave up on: discard */
+    return 0;
+  }
+  while (len > 0) {
     ckt_message *m = NULL;
     int rv = rx_feed(n, rx, &data, &len, &m);
     if (rv == 0) {
@@ -1010,27 +1124,27 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
     }
     if (rv < 0) {
       node_log(n, "malformed frame from %s: %s; stream reset",
-               ((pconn *)ckt_conn_user(conn))
-                   ? ((pconn *)ckt_conn_user(conn))->name
-                   : "a peer",
-               ckt_strerror(rv));
+               pc ? pc->name : "a peer", ckt_strerror(rv));
       if (rx->kind == RX_CALL) {
+        rx->credit += len;
+        rx_credit(conn, rx);
         call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
                     "the peer sent a malformed reply");
+      } else {
+        inbound_drop(conn, s, rx, len);
       }
       return APP_MALFORMED;
     }
+    rx_credit(conn, rx); /* the frame is decoded: its bytes are free */
     if (rx->kind == RX_CALL) {
       ckt_stream_set_user(s, NULL);
+      ckt_conn_credit(conn, len); /* nothing may follow a reply */
       finish_reply((call_t *)rx, m);
       return 0;
     }
     /* Inbound: trust the transport for who sent it. */
-    {
-      pconn *pc = ckt_conn_user(conn);
-      if (pc) {
-        ckt_message_set_from(m, pc->name);
-      }
+    if (pc) {
+      ckt_message_set_from(m, pc->name);
     }
     if (m->type == CKT_MSG_CALL && (ckt_stream_id(s) & 0x2) == 0) {
       serve_call(n, s, m);
@@ -1038,6 +1152,7 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
       serve_oneway(n, m);
     } else {
       ckt_message_free(m);
+      inbound_drop(conn, s, rx, len);
       return APP_MALFORMED;
     }
     ckt_message_free(m);
@@ -1048,11 +1163,12 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
 static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
                              void *user) {
   rxstate *rx = ckt_stream_user(s);
-  (void)conn, (void)user;
+  (void)user;
   if (!rx) {
     return;
   }
   ckt_stream_set_user(s, NULL);
+  rx_credit(conn, rx); /* a partial frame thrown away */
   if (rx->kind == RX_CALL) {
     call_t *c = (call_t *)rx;
     char why[128];
@@ -1263,6 +1379,15 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   ec.keepalive = (uint64_t)n->cfg.keepalive_ms * 1000000ull;
   ec.handshake_timeout = (uint64_t)n->cfg.handshake_timeout_ms * 1000000ull;
   ec.retry = n->cfg.retry;
+  /* Connection credit follows consumption, so a peer can make this node
+   * hold at most one window of unfinished frames per connection; the
+   * window must fit the largest frame. */
+  ec.manual_conn_credit = 1;
+  ec.conn_window =
+      2 * (ckt_message_encoded_max(&n->lim) + CKT_FRAME_HEADER_LEN);
+  if (ec.conn_window < 8u * 1024 * 1024) {
+    ec.conn_window = 8u * 1024 * 1024;
+  }
   ec.max_connections = n->cfg.max_connections;
   derive_secret(n, ec.static_secret);
   ec.cb.conn_ready = on_conn_ready;
@@ -1327,7 +1452,7 @@ void ckt_node_run(ckt_node *n) {
 /* On the loop: fail what waits, close connections, end the loop. */
 static void stop_on_loop(void *arg) {
   ckt_node *n = arg;
-  n->stopping = 1;
+  set_stopping(n);
   while (n->conns) {
     pconn *pc = n->conns;
     while (pc->calls) {
@@ -1347,7 +1472,9 @@ void ckt_node_stop(ckt_node *n) {
     return;
   }
   if (on_loop(n)) {
-    stop_on_loop(n);
+    /* From a handler or callback: the endpoint may be mid-packet here,
+     * so the stop runs once this callback has returned. */
+    n->rt->ops->post(n->rt, stop_on_loop, n);
     return;
   }
   if (n->rt->ops->post(n->rt, stop_on_loop, n) != CKT_OK) {
@@ -1367,7 +1494,7 @@ void ckt_node_free(ckt_node *n) {
   if (n->thread_started) {
     ckt_node_stop(n);
   }
-  n->stopping = 1;
+  set_stopping(n);
   if (n->ev) {
     /* Work other threads posted still runs, and fails as "closed". */
     ckt_ev_run_posted(n->ev);
@@ -1398,30 +1525,26 @@ void ckt_node_free(ckt_node *n) {
 
 void ckt_node_get_stats(ckt_node *n, ckt_node_stats *out) {
   ckt_udp *u = n->ev ? ckt_ev_udp(n->ev) : NULL;
-  out->calls_sent = __atomic_load_n(&n->stats.calls_sent, __ATOMIC_RELAXED);
-  out->calls_answered =
-      __atomic_load_n(&n->stats.calls_answered, __ATOMIC_RELAXED);
-  out->calls_failed = __atomic_load_n(&n->stats.calls_failed, __ATOMIC_RELAXED);
-  out->calls_served = __atomic_load_n(&n->stats.calls_served, __ATOMIC_RELAXED);
-  out->oneways_sent = __atomic_load_n(&n->stats.oneways_sent, __ATOMIC_RELAXED);
-  out->oneways_received =
-      __atomic_load_n(&n->stats.oneways_received, __ATOMIC_RELAXED);
+  memset(out, 0, sizeof(*out));
+  out->calls_sent = CKT_COUNTER_GET(n->stats.calls_sent);
+  out->calls_answered = CKT_COUNTER_GET(n->stats.calls_answered);
+  out->calls_failed = CKT_COUNTER_GET(n->stats.calls_failed);
+  out->calls_served = CKT_COUNTER_GET(n->stats.calls_served);
+  out->oneways_sent = CKT_COUNTER_GET(n->stats.oneways_sent);
+  out->oneways_received = CKT_COUNTER_GET(n->stats.oneways_received);
   if (n->ep) {
     const ckt_endpoint_stats *es = ckt_endpoint_get_stats(n->ep);
-    out->connections_open = es->connections_open;
-    out->packets_dropped = es->packets_dropped;
-    out->stateless_resets_sent = es->stateless_resets_sent;
-    out->version_negotiations_sent = es->version_negotiations_sent;
-    out->retries_sent = es->retries_sent;
-  } else {
-    out->connections_open = out->packets_dropped = 0;
-    out->stateless_resets_sent = out->version_negotiations_sent = 0;
-    out->retries_sent = 0;
+    out->connections_open = CKT_COUNTER_GET(es->connections_open);
+    out->packets_dropped = CKT_COUNTER_GET(es->packets_dropped);
+    out->stateless_resets_sent = CKT_COUNTER_GET(es->stateless_resets_sent);
+    out->version_negotiations_sent =
+        CKT_COUNTER_GET(es->version_negotiations_sent);
+    out->retries_sent = CKT_COUNTER_GET(es->retries_sent);
   }
-  /* Socket counters are written by the loop thread; a torn read of a
-   * 64-bit counter cannot happen on the 64-bit targets we build for. */
-  out->bytes_sent = u ? u->bytes_sent : 0;
-  out->bytes_received = u ? u->bytes_received : 0;
-  out->datagrams_sent = u ? u->datagrams_sent : 0;
-  out->datagrams_received = u ? u->datagrams_received : 0;
+  if (u) {
+    out->bytes_sent = CKT_COUNTER_GET(u->bytes_sent);
+    out->bytes_received = CKT_COUNTER_GET(u->bytes_received);
+    out->datagrams_sent = CKT_COUNTER_GET(u->datagrams_sent);
+    out->datagrams_received = CKT_COUNTER_GET(u->datagrams_received);
+  }
 }

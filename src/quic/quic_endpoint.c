@@ -13,6 +13,7 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 
 #include "ckt/error.h"
+#include "core_util.h"
 #include "quic_cidmap.h"
 #include "tls_quic.h"
 
@@ -53,6 +54,7 @@ struct ckt_conn {
   void *user;
   uint64_t serial;
   int client, ready, dead, notified;
+  uint64_t unacked; /* bytes written on its streams, not yet acknowledged */
   ngtcp2_cid odcid; /* server: the client's first DCID, filed in the map */
   ckt_stream *pend_head, *pend_tail;
   ckt_stream *streams;
@@ -68,7 +70,8 @@ struct ckt_endpoint {
   ckt_endpoint_config cfg;
   ckt_cidmap map;
   ckt_conn *conns;
-  size_t nconns;
+  size_t nconns, naccepted, ndialed;
+  size_t handshaking; /* accepted connections whose handshake is not done */
   ckt_conn *dirty_head;
   ckt_conn *graveyard;
   int flush_posted;
@@ -185,6 +188,7 @@ static ckt_stream *stream_new(ckt_conn *c, int64_t id, void *user) {
 static void stream_free(ckt_stream *s) {
   ckt_conn *c = s->conn;
   chunk *k = s->head;
+  c->unacked -= s->queued_off - s->acked_off;
   pending_remove(s);
   while (k) {
     chunk *next = k->next;
@@ -224,6 +228,7 @@ static size_t stream_vecs(const ckt_stream *s, ngtcp2_vec *v, size_t max) {
 
 static void stream_acked(ckt_stream *s, uint64_t end) {
   if (end > s->acked_off) {
+    s->conn->unacked -= end - s->acked_off;
     s->acked_off = end;
   }
   while (s->head && s->head_off + s->head->len <= s->acked_off) {
@@ -294,6 +299,16 @@ static void conn_bury(ckt_conn *c) {
       ckt_cidmap_get(&ep->map, c->odcid.data, c->odcid.datalen) == c) {
     ckt_cidmap_del(&ep->map, c->odcid.data, c->odcid.datalen);
   }
+  if (c->dirty) { /* it must not be written after it is freed */
+    ckt_conn **p = &ep->dirty_head;
+    while (*p && *p != c) {
+      p = &(*p)->dirty_next;
+    }
+    if (*p) {
+      *p = c->dirty_next;
+    }
+    c->dirty = 0;
+  }
   if (c->prev) {
     c->prev->next = c->next;
   } else {
@@ -303,7 +318,15 @@ static void conn_bury(ckt_conn *c) {
     c->next->prev = c->prev;
   }
   ep->nconns--;
-  ep->stats.connections_open = ep->nconns;
+  if (c->client) {
+    ep->ndialed--;
+  } else {
+    ep->naccepted--;
+    if (!c->ready) {
+      ep->handshaking--;
+    }
+  }
+  __atomic_store_n(&ep->stats.connections_open, ep->nconns, __ATOMIC_RELAXED);
   ep->rt->ops->timer_arm(ep->rt, c->timer, CKT_TIME_NEVER);
   c->grave_next = ep->graveyard;
   ep->graveyard = c;
@@ -365,8 +388,10 @@ static void conn_fail(ckt_conn *c, int liberr) {
 
   peer_name(c, who, sizeof(who));
   ngtcp2_connection_close_error_default(&ccerr);
-  if (liberr == NGTCP2_ERR_CRYPTO) {
-    uint8_t alert = ngtcp2_conn_get_tls_alert(c->q);
+  if (liberr == NGTCP2_ERR_CRYPTO || c->link.verify_error) {
+    uint8_t alert = liberr == NGTCP2_ERR_CRYPTO
+                        ? ngtcp2_conn_get_tls_alert(c->q)
+                        : 120 /* no_application_protocol */;
     const char *reason =
         c->link.why[0] ? c->link.why : ckt_tls_refusal_text(alert, !c->client);
     ngtcp2_connection_close_error_set_transport_error_tls_alert(
@@ -551,6 +576,20 @@ static void conn_write(ckt_conn *c) {
     if (nwrite == 0) {
       break;
     }
+    if (ps.path.remote.addrlen > 0 &&
+        (ps.path.remote.addrlen != c->peer.len ||
+         memcmp(ps.path.remote.addr, &c->peer.ss, c->peer.len) != 0)) {
+      /* ngtcp2 moved to another path (the peer's NAT rebound): what is
+       * batched goes to the old address, the rest to the new one. */
+      if (off) {
+        send_raw(ep, &c->peer, ep->tx, off, pkt);
+        memmove(ep->tx, ep->tx + off, (size_t)nwrite);
+        off = 0;
+        npkts = 0;
+      }
+      memcpy(&c->peer.ss, ps.path.remote.addr, ps.path.remote.addrlen);
+      c->peer.len = (socklen_t)ps.path.remote.addrlen;
+    }
     off += (size_t)nwrite;
     npkts++;
     /* A GSO batch holds equal-sized packets; a short one ends it. */
@@ -582,18 +621,26 @@ static void flush_dirty(ckt_endpoint *ep) {
   }
 }
 
-static void flush_posted(void *arg) {
-  ckt_endpoint *ep = arg;
-  ep->flush_posted = 0;
-  ep->depth++;
-  flush_dirty(ep);
+/* Ends an entry point: at the outermost level, writes what became due
+ * during it and frees the connections that died in it. */
+static void leave(ckt_endpoint *ep) {
+  if (ep->depth == 1) {
+    flush_dirty(ep);
+  }
   ep->depth--;
   reap(ep);
 }
 
+static void flush_posted(void *arg) {
+  ckt_endpoint *ep = arg;
+  ep->flush_posted = 0;
+  ep->depth++;
+  leave(ep);
+}
+
 static void schedule_flush(ckt_conn *c) {
   ckt_endpoint *ep = c->ep;
-  if (c->dead || c->dirty) {
+  if (c->dead || c->notified || c->dirty) {
     return;
   }
   c->dirty = 1;
@@ -614,6 +661,17 @@ static int cb_handshake_completed(ngtcp2_conn *q, void *user) {
   ckt_conn *c = user;
   ckt_endpoint *ep = c->ep;
   (void)q;
+  if (!c->client) {
+    /* RFC 9001 8.1: a QUIC handshake without ALPN is refused. */
+    if (ckt_tls_alpn(c->ssl) == 0) {
+      c->link.verify_error = CKT_ERR_TLS;
+      snprintf(c->link.why, sizeof(c->link.why),
+               "the client offered no application protocol (ALPN %s)",
+               CKT_ALPN);
+      return NGTCP2_ERR_CALLBACK_FAILURE;
+    }
+    ep->handshaking--;
+  }
   c->ready = 1;
   if (ep->cfg.cb.conn_ready) {
     ep->cfg.cb.conn_ready(c, ep->cfg.user);
@@ -640,7 +698,9 @@ static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid,
     }
   }
   ngtcp2_conn_extend_max_stream_offset(q, sid, len);
-  ngtcp2_conn_extend_max_offset(q, len);
+  if (!ep->cfg.manual_conn_credit) {
+    ngtcp2_conn_extend_max_offset(q, len);
+  }
   return 0;
 }
 
@@ -838,7 +898,7 @@ static void conn_link(ckt_conn *c) {
   }
   ep->conns = c;
   ep->nconns++;
-  ep->stats.connections_open = ep->nconns;
+  __atomic_store_n(&ep->stats.connections_open, ep->nconns, __ATOMIC_RELAXED);
 }
 
 static void settings_for(ckt_endpoint *ep, ngtcp2_settings *s,
@@ -848,7 +908,9 @@ static void settings_for(ckt_endpoint *ep, ngtcp2_settings *s,
   s->handshake_timeout = ep->cfg.handshake_timeout;
   s->rand_ctx.native_handle = ep;
   s->cc_algo = NGTCP2_CC_ALGO_CUBIC;
-  s->max_window = 6 * ep->cfg.conn_window;
+  /* With manual credit the window is a memory bound: no auto-tuning. */
+  s->max_window = ep->cfg.manual_conn_credit ? ep->cfg.conn_window
+                                             : 6 * ep->cfg.conn_window;
   s->max_stream_window = 6 * ep->cfg.stream_window;
   ngtcp2_transport_params_default(p);
   p->initial_max_stream_data_bidi_local = ep->cfg.stream_window;
@@ -880,7 +942,9 @@ int ckt_endpoint_connect(ckt_endpoint *ep, const ckt_addr *to, void *user,
   if (!ep->cfg.client_tls || !to) {
     return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (ep->nconns >= ep->cfg.max_connections) {
+  /* Dialing has a budget of its own: strangers filling the accept side
+   * cannot keep this node from making its own connections. */
+  if (ep->ndialed >= ep->cfg.max_connections) {
     return CKT_ERR_AGAIN;
   }
   c = conn_alloc(ep, to, 1, user);
@@ -906,7 +970,8 @@ int ckt_endpoint_connect(ckt_endpoint *ep, const ckt_addr *to, void *user,
   }
   conn_start(c);
   conn_link(c);
-  ep->stats.connections_dialed++;
+  ep->ndialed++;
+  CKT_COUNTER_ADD(ep->stats.connections_dialed, 1);
   schedule_flush(c);
   if (out) {
     *out = c;
@@ -930,7 +995,7 @@ static void send_retry(ckt_endpoint *ep, const ckt_addr *from,
                                 &scid, &hd->dcid, token, (size_t)tlen);
   if (n > 0) {
     send_raw(ep, from, ep->tx, (size_t)n, 0);
-    ep->stats.retries_sent++;
+    CKT_COUNTER_ADD(ep->stats.retries_sent, 1);
   }
 }
 
@@ -957,17 +1022,21 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   int rv;
 
   if (!ep->cfg.server_tls || ngtcp2_accept(&hd, data, len) != 0) {
-    ep->stats.packets_dropped++;
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     return;
   }
-  if (ep->nconns >= ep->cfg.max_connections) {
+  if (ep->naccepted >= ep->cfg.max_connections ||
+      ep->handshaking >= ep->cfg.max_handshakes) {
     refuse(ep, from, &hd);
-    ep->stats.packets_dropped++;
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     return;
   }
   settings_for(ep, &settings, &params);
   odcid = hd.dcid;
-  if (ep->cfg.retry) {
+  /* Address validation: always when configured, and by itself once many
+   * handshakes are pending (spoofed Initials then cost us no state). */
+  if (ep->cfg.retry || hd.token.len > 0 ||
+      ep->handshaking >= ep->cfg.max_handshakes / 4) {
     if (hd.token.len == 0) {
       send_retry(ep, from, &hd);
       return;
@@ -978,7 +1047,7 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
             (const ngtcp2_sockaddr *)&from->ss, from->len, &hd.dcid,
             RETRY_TOKEN_TIMEOUT, now(ep)) != 0) {
       refuse(ep, from, &hd);
-      ep->stats.packets_dropped++;
+      CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
       return;
     }
     params.retry_scid = hd.dcid;
@@ -1015,7 +1084,9 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   c->odcid = hd.dcid;
   conn_start(c);
   conn_link(c);
-  ep->stats.connections_accepted++;
+  ep->naccepted++;
+  ep->handshaking++;
+  CKT_COUNTER_ADD(ep->stats.connections_accepted, 1);
   rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, data, len, now(ep));
   if (rv == NGTCP2_ERR_CRYPTO) {
     /* A real ClientHello we refuse (no common suite, ...): say why. */
@@ -1024,7 +1095,7 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   }
   if (rv != 0) {
     /* The very first packet did not hold up: forget it without a word. */
-    ep->stats.packets_dropped++;
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     c->notified = 1;
     conn_bury(c);
     return;
@@ -1049,7 +1120,7 @@ static void send_version_negotiation(ckt_endpoint *ep, const ckt_addr *from,
       vc->dcidlen, versions, sizeof(versions) / sizeof(versions[0]));
   if (n > 0) {
     send_raw(ep, from, ep->tx, (size_t)n, 0);
-    ep->stats.version_negotiations_sent++;
+    CKT_COUNTER_ADD(ep->stats.version_negotiations_sent, 1);
   }
 }
 
@@ -1090,7 +1161,7 @@ static void send_stateless_reset(ckt_endpoint *ep, const ckt_addr *from,
                                        randlen);
   if (n > 0) {
     send_raw(ep, from, ep->tx, (size_t)n, 0);
-    ep->stats.stateless_resets_sent++;
+    CKT_COUNTER_ADD(ep->stats.stateless_resets_sent, 1);
   }
 }
 
@@ -1107,7 +1178,7 @@ void ckt_endpoint_recv(ckt_endpoint *ep, const ckt_addr *from,
     goto out;
   }
   if (rv != 0) {
-    ep->stats.packets_dropped++;
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     goto out;
   }
   c = ckt_cidmap_get(&ep->map, vc.dcid, vc.dcidlen);
@@ -1115,7 +1186,7 @@ void ckt_endpoint_recv(ckt_endpoint *ep, const ckt_addr *from,
     if (data[0] & 0x80) {
       accept_conn(ep, from, data, len);
     } else {
-      ep->stats.packets_dropped++;
+      CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
       send_stateless_reset(ep, from, &vc, len);
     }
     goto out;
@@ -1131,7 +1202,7 @@ void ckt_endpoint_recv(ckt_endpoint *ep, const ckt_addr *from,
     rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, data, len, now(ep));
     if (rv != 0) {
       if (rv == NGTCP2_ERR_DISCARD_PKT) {
-        ep->stats.packets_dropped++;
+        CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
       } else {
         conn_error(c, rv);
       }
@@ -1147,9 +1218,7 @@ out:
  * the runtime calls this after each batch it read. */
 void ckt_endpoint_flush(ckt_endpoint *ep) {
   ep->depth++;
-  flush_dirty(ep);
-  ep->depth--;
-  reap(ep);
+  leave(ep);
 }
 
 static void conn_timer(void *arg) {
@@ -1166,8 +1235,7 @@ static void conn_timer(void *arg) {
   } else {
     conn_write(c);
   }
-  ep->depth--;
-  reap(ep);
+  leave(ep);
 }
 
 /* ---- endpoint ----------------------------------------------------------- */
@@ -1188,6 +1256,12 @@ int ckt_endpoint_new(ckt_runtime *rt, const ckt_addr *local,
   ep->cfg = *cfg;
   if (!ep->cfg.max_connections) {
     ep->cfg.max_connections = 4096;
+  }
+  if (!ep->cfg.max_handshakes) {
+    ep->cfg.max_handshakes = 256;
+  }
+  if (!ep->cfg.max_queued) {
+    ep->cfg.max_queued = 64u * 1024 * 1024;
   }
   if (!ep->cfg.stream_window) {
     ep->cfg.stream_window = 1024 * 1024;
@@ -1255,7 +1329,7 @@ const ckt_addr *ckt_conn_peer(const ckt_conn *c) {
 }
 
 int ckt_conn_is_ready(const ckt_conn *c) {
-  return c->ready && !c->dead;
+  return c->ready && !c->dead && !c->notified;
 }
 
 int ckt_conn_is_client(const ckt_conn *c) {
@@ -1272,6 +1346,14 @@ const char *ckt_conn_suite(const ckt_conn *c) {
 
 const char *ckt_conn_peer_key(const ckt_conn *c) {
   return c->link.peer_key;
+}
+
+void ckt_conn_credit(ckt_conn *c, uint64_t n) {
+  if (c->dead || c->notified || n == 0) {
+    return;
+  }
+  ngtcp2_conn_extend_max_offset(c->q, n);
+  schedule_flush(c);
 }
 
 void ckt_conn_close(ckt_conn *c, uint64_t app_error, const char *why) {
@@ -1292,15 +1374,14 @@ void ckt_conn_close(ckt_conn *c, uint64_t app_error, const char *why) {
            why ? ": " : "", why ? why : "");
   conn_notify_closed(c, app_error ? CKT_ERR_CONNECTION : CKT_OK, text);
   conn_bury(c);
-  ep->depth--;
-  reap(ep);
+  leave(ep);
 }
 
 int ckt_conn_open_stream(ckt_conn *c, int bidi, void *user, ckt_stream **out) {
   int64_t sid;
   ckt_stream *s;
   int rv;
-  if (c->dead) {
+  if (c->dead || c->notified) {
     return CKT_ERR_CLOSED;
   }
   if (!c->ready) {
@@ -1326,8 +1407,11 @@ int ckt_conn_open_stream(ckt_conn *c, int bidi, void *user, ckt_stream **out) {
 
 int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin) {
   ckt_conn *c = s->conn;
-  if (c->dead || s->write_closed || s->fin_queued) {
+  if (c->dead || c->notified || s->write_closed || s->fin_queued) {
     return CKT_ERR_CLOSED;
+  }
+  if (len > c->ep->cfg.max_queued || c->unacked > c->ep->cfg.max_queued - len) {
+    return CKT_ERR_AGAIN; /* the peer is not taking what we already sent */
   }
   if (len) {
     chunk *k = malloc(sizeof(*k) + len);
@@ -1345,6 +1429,7 @@ int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin) {
     }
     s->tail = k;
     s->queued_off += len;
+    c->unacked += len;
   }
   if (fin) {
     s->fin_queued = 1;
@@ -1356,7 +1441,7 @@ int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin) {
 
 void ckt_stream_reset(ckt_stream *s, uint64_t app_error) {
   ckt_conn *c = s->conn;
-  if (c->dead) {
+  if (c->dead || c->notified) {
     return;
   }
   s->write_closed = 1;

@@ -64,10 +64,19 @@ typedef struct ckt_endpoint_config {
   uint64_t keepalive;         /* ns; PING when idle this long (0: never) */
   uint64_t handshake_timeout; /* ns */
   int retry;                  /* validate client addresses with Retry */
-  size_t max_connections;     /* in both roles together */
+  size_t max_connections;     /* accepted, and dialed, each (0: 4096) */
+  size_t max_handshakes;      /* accepted ones still in handshake (0: 256);
+                                 past a quarter of it, Retry is required */
+  uint64_t max_queued;        /* bytes written but not yet acknowledged, per
+                                 connection (0: 64 MiB) */
   uint64_t stream_window;     /* flow-control window per stream, bytes */
   uint64_t conn_window;       /* flow-control window per connection, bytes */
   uint64_t max_streams;       /* concurrent peer-opened streams per kind */
+  /* 1: the connection-level flow-control window is credited only by
+   * ckt_conn_credit(), as the owner consumes what it buffered, so
+   * conn_window bounds what a peer can make this side hold.  Stream-level
+   * credit stays automatic. */
+  int manual_conn_credit;
   /* Keys stateless-reset tokens and retry tokens.  Derive it from the
    * node's identity so that a restarted node can still reset connections
    * its previous run had (peers then notice at once). */
@@ -89,8 +98,9 @@ typedef struct ckt_endpoint_stats {
  * CKT_ERR_INVALID_ARGUMENT, CKT_ERR_NOMEM. */
 int ckt_endpoint_new(ckt_runtime *rt, const ckt_addr *local,
                      const ckt_endpoint_config *cfg, ckt_endpoint **out);
-/* Closes every connection (CONNECTION_CLOSE sent, no callbacks) and frees
- * everything. */
+/* Closes every connection (CONNECTION_CLOSE sent; no conn_closed, but
+ * stream_closed for streams that still hold a user pointer, so owners can
+ * free their state) and frees everything. */
 void ckt_endpoint_free(ckt_endpoint *ep);
 /* A datagram arrived on the endpoint's socket.  Replies are written by
  * ckt_endpoint_flush(), which the runtime calls after each batch it read
@@ -121,13 +131,19 @@ const char *ckt_conn_peer_key(const ckt_conn *c);
  * reason; conn_closed follows (err CKT_OK when app_error is 0). */
 void ckt_conn_close(ckt_conn *c, uint64_t app_error, const char *why);
 
+/* Gives the peer n more bytes of connection-level credit (with
+ * manual_conn_credit: call it for every received byte once it is consumed
+ * or dropped). */
+void ckt_conn_credit(ckt_conn *c, uint64_t n);
+
 /* Opens a stream (bidi or unidirectional) once the connection is ready.
  * CKT_OK, CKT_ERR_AGAIN (the peer's stream limit: wait for
  * streams_available; also before ready), CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
 int ckt_conn_open_stream(ckt_conn *c, int bidi, void *user, ckt_stream **out);
 /* Queues bytes (copied) and optionally the end of the stream.  CKT_OK,
- * CKT_ERR_CLOSED (the stream's sending side is finished or reset),
- * CKT_ERR_NOMEM. */
+ * CKT_ERR_CLOSED (the stream's sending side is finished or reset, or the
+ * connection is closing), CKT_ERR_AGAIN (max_queued bytes already wait
+ * for the peer's acknowledgement), CKT_ERR_NOMEM. */
 int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin);
 /* Aborts both directions with app_error (nonzero). */
 void ckt_stream_reset(ckt_stream *s, uint64_t app_error);

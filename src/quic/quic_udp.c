@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ckt/error.h"
+#include "core_util.h"
 
 /* Older libc headers lack these; the values are the kernel ABI. */
 #ifndef UDP_SEGMENT
@@ -243,10 +244,10 @@ static void account_slot(ckt_udp *u, ckt_udp_rxbuf *rx, size_t s) {
   }
   rx->segment[s] = seg;
   count = seg && len > seg ? (len + seg - 1) / seg : 1;
-  u->datagrams_received += count;
-  u->bytes_received += len;
+  CKT_COUNTER_ADD(u->datagrams_received, count);
+  CKT_COUNTER_ADD(u->bytes_received, len);
   if (count > 1) {
-    u->datagrams_coalesced += count;
+    CKT_COUNTER_ADD(u->datagrams_coalesced, count);
   }
 }
 
@@ -344,8 +345,8 @@ static int send_plain(ckt_udp *u, const ckt_addr *to, const uint8_t *p,
     for (i = 0; i < r; ++i) {
       off += iov[i].iov_len;
       *done += iov[i].iov_len;
-      u->bytes_sent += iov[i].iov_len;
-      u->datagrams_sent++;
+      CKT_COUNTER_ADD(u->bytes_sent, iov[i].iov_len);
+      CKT_COUNTER_ADD(u->datagrams_sent, 1);
     }
   }
   return CKT_OK;
@@ -414,8 +415,8 @@ static int send_gso(ckt_udp *u, const ckt_addr *to, const uint8_t *p,
     }
     off += chunk;
     *done += chunk;
-    u->bytes_sent += chunk;
-    u->datagrams_sent += (chunk + seg - 1) / seg;
+    CKT_COUNTER_ADD(u->bytes_sent, chunk);
+    CKT_COUNTER_ADD(u->datagrams_sent, (chunk + seg - 1) / seg);
   }
   return CKT_OK;
 }

@@ -13,31 +13,10 @@
 static const char suite_chacha[] = "TLS13-CHACHA20-POLY1305-SHA256";
 static const char suite_aes[] = "TLS13-AES128-GCM-SHA256";
 
-/* ALPN protocols this endpoint serves, in preference order (wire format:
- * length-prefixed).  A second protocol (h3 for status) joins here. */
-static const unsigned char alpn_table[] = {5, 'c', 'k', 't', '/', '1'};
-
-static int alpn_select(WOLFSSL *ssl, const unsigned char **out,
-                       unsigned char *outlen, const unsigned char *in,
-                       unsigned int inlen, void *arg) {
-  size_t i = 0, j;
-  (void)ssl;
-  (void)arg;
-  for (j = 0; j < sizeof(alpn_table); j += 1u + alpn_table[j]) {
-    for (i = 0; i < inlen; i += 1u + in[i]) {
-      if (i + 1u + in[i] > inlen) {
-        break; /* malformed list: stop, refuse below */
-      }
-      if (in[i] == alpn_table[j] &&
-          memcmp(in + i + 1, alpn_table + j + 1, in[i]) == 0) {
-        *out = in + i + 1;
-        *outlen = in[i];
-        return 0; /* SSL_TLSEXT_ERR_OK */
-      }
-    }
-  }
-  return 3; /* SSL_TLSEXT_ERR_NOACK: wolfSSL sends no_application_protocol */
-}
+/* ALPN protocols a server offers, in preference order (wolfSSL's
+ * comma-separated form).  A second protocol (h3 for status) joins here;
+ * the endpoint dispatches on ckt_tls_alpn(). */
+static const char alpn_server_list[] = CKT_ALPN;
 
 /* Keeps the first, most specific reason a handshake failed. */
 static void set_why(ckt_tls_link *link, int err, const char *side,
@@ -179,7 +158,8 @@ int ckt_tls_ctx_new(int server, const ckt_tls_config *cfg, WOLFSSL_CTX **out) {
       ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
       cfg->skip_verify ? verify_cb_insecure : verify_cb);
   if (server) {
-    wolfSSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    /* No resumption: every connection proves its certificate again. */
+    wolfSSL_CTX_no_ticket_TLSv13(ctx);
   }
   *out = ctx;
   return CKT_OK;
@@ -204,7 +184,14 @@ int ckt_tls_session_new(WOLFSSL_CTX *ctx, int server, ckt_tls_link *link,
   }
   wolfSSL_set_app_data(ssl, &link->ref);
   if (server) {
+    char list[sizeof(alpn_server_list)];
+    memcpy(list, alpn_server_list, sizeof(list));
     wolfSSL_set_accept_state(ssl);
+    if (wolfSSL_UseALPN(ssl, list, (unsigned int)strlen(list),
+                        WOLFSSL_ALPN_FAILED_ON_MISMATCH) != WOLFSSL_SUCCESS) {
+      wolfSSL_free(ssl);
+      return CKT_ERR_CRYPTO;
+    }
   } else {
     wolfSSL_set_connect_state(ssl);
     if (wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, CKT_SNI,
@@ -218,6 +205,16 @@ int ckt_tls_session_new(WOLFSSL_CTX *ctx, int server, ckt_tls_link *link,
   }
   *out = ssl;
   return CKT_OK;
+}
+
+int ckt_tls_alpn(WOLFSSL *ssl) {
+  char *name = NULL;
+  unsigned short len = 0;
+  if (wolfSSL_ALPN_GetProtocol(ssl, &name, &len) != WOLFSSL_SUCCESS || !name ||
+      len != strlen(CKT_ALPN) || memcmp(name, CKT_ALPN, len) != 0) {
+    return 0;
+  }
+  return 1;
 }
 
 const char *ckt_tls_suite(WOLFSSL *ssl) {

@@ -54,6 +54,10 @@ void ckt_tls_ctx_free(WOLFSSL_CTX *ctx);
 int ckt_tls_session_new(WOLFSSL_CTX *ctx, int server, ckt_tls_link *link,
                         WOLFSSL **out);
 
+/* Which application protocol the handshake agreed on: 1 for ckt/1, 0 for
+ * none (the ALPN dispatch point). */
+int ckt_tls_alpn(WOLFSSL *ssl);
+
 /* The negotiated cipher suite in IANA form ("TLS_CHACHA20_POLY1305_SHA256"),
  * or "(none)". */
 const char *ckt_tls_suite(WOLFSSL *ssl);

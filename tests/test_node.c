@@ -766,3 +766,59 @@ Test(node, a_killed_server_fails_pending_calls_early) {
   ckt_message_free(reply);
   ckt_node_free(cli);
 }
+
+/* ---- shutdown with work in flight ---------------------------------------- */
+
+typedef struct outcome {
+  pthread_mutex_t mu;
+  int calls, err;
+} outcome;
+
+static void record_done(ckt_node *n, int err, const ckt_message *reply,
+                        void *user) {
+  outcome *o = user;
+  (void)n, (void)reply;
+  pthread_mutex_lock(&o->mu);
+  o->calls++;
+  o->err = err;
+  pthread_mutex_unlock(&o->mu);
+}
+
+Test(node, freeing_a_node_finishes_its_calls_exactly_once) {
+  node_opts so = {.serve = 1}, co = {0};
+  char saddr[80];
+  ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node *cli = start_node(&co, NULL, 0);
+  outcome o = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+  ckt_message *reply = NULL;
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  ckt_node_register_call(srv, "slow", slow, NULL);
+  cr_assert_eq(call(cli, saddr, "echo", "up", 5000, &reply), CKT_OK);
+  ckt_message_free(reply);
+  cr_assert_eq(ckt_node_call_async(cli, saddr, request("slow", "x", 1), 5000,
+                                   record_done, &o),
+               CKT_OK);
+  usleep(50 * 1000); /* the call is on the wire, its stream open */
+  ckt_node_free(cli);
+  cr_assert_eq(o.calls, 1);
+  cr_assert_eq(o.err, CKT_ERR_CLOSED);
+  ckt_node_free(srv);
+}
+
+Test(node, asking_a_stopped_node_does_not_hang) {
+  node_opts so = {.serve = 1}, co = {0};
+  char saddr[80], suite[64];
+  ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node *cli = start_node(&co, NULL, 0);
+  ckt_message *reply = NULL;
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  cr_assert_eq(call(cli, saddr, "echo", "x", 5000, &reply), CKT_OK);
+  ckt_message_free(reply);
+  ckt_node_stop(cli);
+  cr_assert_eq(ckt_node_peer_info(cli, saddr, suite, sizeof(suite), NULL, 0),
+               CKT_ERR_NOT_FOUND);
+  cr_assert_eq(ckt_node_push(cli, saddr, request("x", "y", 1)), CKT_ERR_CLOSED);
+  cr_assert_eq(call(cli, saddr, "echo", "x", 5000, &reply), CKT_ERR_CLOSED);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}

@@ -13,6 +13,7 @@
 #include "ckt/identity.h"
 #include "ckt/message.h"
 #include "ckt/node.h"
+#include "ckt/peer.h"
 
 #define CKT_VERSION_MAJOR 0
 #define CKT_VERSION_MINOR 1

@@ -19,32 +19,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "core_buf.h"
 #include "core_util.h"
-#include "fragment_codec.h"
-#include "quic_endpoint.h"
-#include "quic_ev.h"
-#include "tls_quic.h"
+#include "peer_int.h"
 
-/* App error codes on streams and connections. */
-#define APP_CANCELED 0x10  /* the caller gave up (timeout) */
-#define APP_MALFORMED 0x11 /* a frame that did not decode */
-
-enum { RX_CALL = 1, RX_INBOUND = 2 };
-
-/* Collects one frame from a stream, bounded by the node's limits. */
-typedef struct rxstate {
-  int kind;
-  uint8_t hdr[CKT_FRAME_HEADER_LEN];
-  size_t hdr_got;
-  uint32_t body_len;
-  ckt_buf body;    /* grows as bytes arrive, never past body_len */
-  uint64_t credit; /* bytes of the frame being read, not yet credited */
-} rxstate;
-
-typedef struct pconn pconn;
-
-typedef struct call_t {
+struct call_t {
   rxstate rx; /* first: stream user pointers cast to rxstate */
   ckt_node *n;
   pconn *pc;
@@ -56,66 +34,16 @@ typedef struct call_t {
   void *user;
   uint64_t id;
   struct call_t *next, *prev;
-} call_t;
+};
 
 typedef struct inbound {
   rxstate rx;
   ckt_node *n;
 } inbound;
 
-typedef struct oneway {
-  struct oneway *next;
-  uint8_t *frame;
-  size_t frame_len;
-} oneway;
-
-/* One connection (either role) and what waits on it. */
-struct pconn {
-  pconn *next, *prev;
-  ckt_node *n;
-  ckt_conn *conn;
-  ckt_addr addr;
-  char name[CKT_ADDR_STRLEN];
-  call_t *calls; /* waiting for a stream or in flight */
-  int linked;    /* in n->conns */
-  oneway *ow_head, *ow_tail;
-};
-
-typedef struct service_t {
-  struct service_t *next;
-  char name[CKT_MESSAGE_SERVICE_MAX + 1];
-  ckt_call_handler call;
-  ckt_oneway_handler oneway;
-  void *call_user, *oneway_user;
-} service_t;
-
-struct ckt_node {
-  ckt_node_config cfg;
-  char *listen, *cert_dir, *server_name, *client_name, *ca_file;
-  ckt_message_limits lim;
-  ckt_ev *ev;
-  ckt_runtime *rt;
-  ckt_endpoint *ep;
-  WOLFSSL_CTX *server_tls, *client_tls;
-  char address[CKT_ADDR_STRLEN];
-  pconn *conns;
-  pthread_mutex_t mu; /* services, stats */
-  service_t *services;
-  ckt_node_stats stats;
-  uint64_t next_call_id, next_seqno;
-  pthread_t thread;
-  int thread_started;
-  pthread_t loop_thread;
-  int loop_running; /* guarded by mu */
-  int stopping;
-};
-
 /* ---- small helpers ------------------------------------------------------ */
 
-static void node_log(ckt_node *n, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void node_log(ckt_node *n, const char *fmt, ...) {
+void node_log(ckt_node *n, const char *fmt, ...) {
   char line[600];
   va_list ap;
   va_start(ap, fmt);
@@ -135,7 +63,7 @@ static void ep_log(void *user, const char *line) {
 #define STAT_ADD(n, field, v)                                                  \
   __atomic_add_fetch(&(n)->stats.field, (v), __ATOMIC_RELAXED)
 
-static int stopping(ckt_node *n) {
+int node_stopping(ckt_node *n) {
   return __atomic_load_n(&n->stopping, __ATOMIC_ACQUIRE);
 }
 
@@ -143,7 +71,7 @@ static void set_stopping(ckt_node *n) {
   __atomic_store_n(&n->stopping, 1, __ATOMIC_RELEASE);
 }
 
-static int on_loop(ckt_node *n) {
+int node_on_loop(ckt_node *n) {
   int yes;
   pthread_mutex_lock(&n->mu);
   yes = n->loop_running && pthread_equal(n->loop_thread, pthread_self());
@@ -177,7 +105,7 @@ static int frame_encode(ckt_node *n, const ckt_message *m, uint8_t **out,
   return *out ? CKT_OK : CKT_ERR_NOMEM;
 }
 
-static void rx_clear(rxstate *rx) {
+void node_rx_clear(rxstate *rx) {
   ckt_buf_free(&rx->body);
   rx->hdr_got = 0;
   rx->body_len = 0;
@@ -186,24 +114,23 @@ static void rx_clear(rxstate *rx) {
 /* Gives back the connection credit of what rx holds, when it is consumed
  * or thrown away: until then it counts against the peer's window, which
  * bounds what a peer can make us buffer. */
-static void rx_credit(ckt_conn *conn, rxstate *rx) {
+void node_rx_credit(ckt_conn *conn, rxstate *rx) {
   if (rx->credit) {
     ckt_conn_credit(conn, rx->credit);
     rx->credit = 0;
   }
 }
 
-/* Feeds stream bytes; returns 1 with *out when a message is complete, 0
- * when more is needed, or a CKT_ERR_* for a bad frame.  The body buffer
- * grows with what actually arrived, so a header announcing a large frame
- * costs nothing by itself. */
-static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
-                   ckt_message **out) {
+/* Reads one frame from stream bytes.  The body buffer grows with what
+ * actually arrived, so a header announcing a large frame costs nothing by
+ * itself; its bytes stay uncredited (rx->credit) until the caller is done
+ * with them. */
+int node_rx_frame(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
+                  uint8_t *type, ckt_buf *body) {
   while (*len > 0) {
     size_t take;
     int rv;
     if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
-      uint8_t type;
       take = CKT_FRAME_HEADER_LEN - rx->hdr_got;
       if (take > *len) {
         take = *len;
@@ -216,11 +143,10 @@ static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
       if (rx->hdr_got < CKT_FRAME_HEADER_LEN) {
         return 0;
       }
-      if (ckt_frame_header_decode(rx->hdr, &type, &rx->body_len) != CKT_OK ||
-          type != CKT_FRAME_MESSAGE) {
+      if (ckt_frame_header_decode(rx->hdr, type, &rx->body_len) != CKT_OK) {
         return CKT_ERR_FORMAT;
       }
-      if (rx->body_len > ckt_message_encoded_max(&n->lim)) {
+      if (rx->body_len > n->frame_max) {
         return CKT_ERR_TOO_LARGE;
       }
       ckt_buf_init(&rx->body, rx->body_len);
@@ -238,9 +164,12 @@ static int rx_feed(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
     if (rx->body.len < rx->body_len) {
       return 0;
     }
-    rv = ckt_message_decode(rx->body.data, rx->body_len, &n->lim, out);
-    rx_clear(rx);
-    return rv == CKT_OK ? 1 : rv;
+    *type = rx->hdr[0];
+    *body = rx->body;
+    ckt_buf_init(&rx->body, 0);
+    rx->hdr_got = 0;
+    rx->body_len = 0;
+    return 1;
   }
   return 0;
 }
@@ -311,7 +240,7 @@ static pconn *pconn_find(ckt_node *n, const ckt_addr *addr) {
   return dialing;
 }
 
-static int pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
+int node_pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
   ckt_conn *conn;
   pconn *pc = pconn_find(n, addr);
   int rv;
@@ -319,7 +248,7 @@ static int pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
     *out = pc;
     return CKT_OK;
   }
-  if (stopping(n)) {
+  if (node_stopping(n)) {
     return CKT_ERR_CLOSED;
   }
   pc = pconn_new(n, NULL, addr);
@@ -363,7 +292,7 @@ static void call_finish(call_t *c, int err, ckt_message *reply,
     n->rt->ops->timer_free(n->rt, c->timer);
   }
   if (c->stream) {
-    rx_credit(ckt_stream_conn(c->stream), &c->rx);
+    node_rx_credit(ckt_stream_conn(c->stream), &c->rx);
     ckt_stream_set_user(c->stream, NULL);
     if (err != CKT_OK && err != CKT_ERR_REMOTE && err != CKT_ERR_NO_SERVICE) {
       ckt_stream_reset(c->stream, APP_CANCELED);
@@ -392,7 +321,7 @@ static void call_finish(call_t *c, int err, ckt_message *reply,
     fallback.err = (char *)(uintptr_t) "out of memory";
     c->done(n, err == CKT_OK ? CKT_ERR_NOMEM : err, &fallback, c->user);
   }
-  rx_clear(&c->rx);
+  node_rx_clear(&c->rx);
   free(c->frame);
   free(c);
 }
@@ -406,7 +335,7 @@ static void call_timeout(void *arg) {
 }
 
 /* Opens streams for calls and one-way messages waiting on pc. */
-static void pconn_pump(pconn *pc) {
+void node_pconn_pump(pconn *pc) {
   call_t *c;
   if (!ckt_conn_is_ready(pc->conn)) {
     return;
@@ -447,6 +376,7 @@ static void pconn_pump(pconn *pc) {
     free(o->frame);
     free(o);
   }
+  circuit_pump(pc);
 }
 
 typedef struct call_job {
@@ -464,7 +394,7 @@ static void call_start(void *arg) {
   char why[256];
   int rv;
 
-  rv = pconn_get(n, &job->addr, &pc);
+  rv = node_pconn_get(n, &job->addr, &pc);
   if (rv != CKT_OK) {
     char who[CKT_ADDR_STRLEN];
     ckt_addr_format(&job->addr, who, sizeof(who));
@@ -490,12 +420,12 @@ static void call_start(void *arg) {
   }
   pc->calls = c;
   STAT_ADD(n, calls_sent, 1);
-  pconn_pump(pc);
+  node_pconn_pump(pc);
 }
 
 /* Runs fn(job) on the loop: directly when already there. */
 static int run_on_loop(ckt_node *n, ckt_post_fn fn, void *job) {
-  if (on_loop(n)) {
+  if (node_on_loop(n)) {
     fn(job);
     return CKT_OK;
   }
@@ -522,7 +452,7 @@ int ckt_node_call_async(ckt_node *n, const char *peer, ckt_message *req,
     ckt_message_free(req);
     return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (stopping(n)) {
+  if (node_stopping(n)) {
     ckt_message_free(req);
     return CKT_ERR_CLOSED;
   }
@@ -599,7 +529,7 @@ int ckt_node_call(ckt_node *n, const char *peer, ckt_message *req,
   if (reply) {
     *reply = NULL;
   }
-  if (n && on_loop(n)) {
+  if (n && node_on_loop(n)) {
     ckt_message_free(req);
     return CKT_ERR_INVALID_ARGUMENT; /* would wait on itself forever */
   }
@@ -645,7 +575,7 @@ static void send_start(void *arg) {
     if (!pc || !ckt_conn_is_ready(pc->conn)) {
       pc = NULL; /* the client left in the meantime */
     }
-  } else if (pconn_get(n, &job->addr, &pc) != CKT_OK) {
+  } else if (node_pconn_get(n, &job->addr, &pc) != CKT_OK) {
     pc = NULL;
   }
   o = pc ? malloc(sizeof(*o)) : NULL;
@@ -665,7 +595,7 @@ static void send_start(void *arg) {
   pc->ow_tail = o;
   free(job);
   STAT_ADD(n, oneways_sent, 1);
-  pconn_pump(pc);
+  node_pconn_pump(pc);
 }
 
 /* What a caller thread learns about a connection (filled on the loop). */
@@ -734,11 +664,11 @@ static int lookup_conn(ckt_node *n, const ckt_addr *addr, conn_facts *out) {
   int rv = CKT_ERR_NOT_FOUND;
 
   memset(out, 0, sizeof(*out));
-  if (on_loop(n)) {
+  if (node_on_loop(n)) {
     facts_of(n, addr, out);
     return out->found ? CKT_OK : CKT_ERR_NOT_FOUND;
   }
-  if (stopping(n) || !loop_running(n)) {
+  if (node_stopping(n) || !loop_running(n)) {
     return CKT_ERR_NOT_FOUND;
   }
   f = calloc(1, sizeof(*f));
@@ -777,7 +707,7 @@ static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
     ckt_message_free(msg);
     return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (stopping(n)) {
+  if (node_stopping(n)) {
     ckt_message_free(msg);
     return CKT_ERR_CLOSED;
   }
@@ -884,6 +814,56 @@ static int register_handler(ckt_node *n, const char *name,
   }
   pthread_mutex_unlock(&n->mu);
   return CKT_OK;
+}
+
+int ckt_node_register_peer_service(ckt_node *n, const char *name,
+                                   const ckt_peer_service *svc, void *user) {
+  service_t *s;
+  if (!n || !name || !*name || !svc || strlen(name) > CKT_MESSAGE_SERVICE_MAX) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  pthread_mutex_lock(&n->mu);
+  s = service_find(n, name);
+  if (!s) {
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+      pthread_mutex_unlock(&n->mu);
+      return CKT_ERR_NOMEM;
+    }
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    s->next = n->services;
+    n->services = s;
+  }
+  s->has_peer = 1;
+  s->peer = *svc;
+  s->peer_user = user;
+  pthread_mutex_unlock(&n->mu);
+  return CKT_OK;
+}
+
+int node_peer_service(ckt_node *n, const char *name, ckt_peer_service *svc,
+                      void **user) {
+  service_t *s;
+  int rv = CKT_ERR_NO_SERVICE;
+  pthread_mutex_lock(&n->mu);
+  s = service_find(n, name);
+  if (s && s->has_peer) {
+    *svc = s->peer;
+    *user = s->peer_user;
+    rv = CKT_OK;
+  }
+  pthread_mutex_unlock(&n->mu);
+  return rv;
+}
+
+int ckt_node_post(ckt_node *n, void (*fn)(void *arg), void *arg) {
+  if (!n || !fn) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (node_stopping(n)) {
+    return CKT_ERR_CLOSED;
+  }
+  return n->rt->ops->post(n->rt, fn, arg);
 }
 
 int ckt_node_register_call(ckt_node *n, const char *service,
@@ -1041,7 +1021,7 @@ static void on_conn_ready(ckt_conn *conn, void *user) {
     ckt_conn_set_user(conn, pc);
   }
   adopt_waiting(pc);
-  pconn_pump(pc);
+  node_pconn_pump(pc);
 }
 
 static void on_conn_closed(ckt_conn *conn, int err, const char *why,
@@ -1052,7 +1032,7 @@ static void on_conn_closed(ckt_conn *conn, int err, const char *why,
   if (!pc) {
     return;
   }
-  if (stopping(n)) {
+  if (node_stopping(n)) {
     call_err = CKT_ERR_CLOSED;
   } else if (err == CKT_ERR_TLS || err == CKT_ERR_TIMEOUT) {
     call_err = err;
@@ -1064,6 +1044,7 @@ static void on_conn_closed(ckt_conn *conn, int err, const char *why,
   while (pc->calls) {
     call_finish(pc->calls, call_err, NULL, why);
   }
+  circuit_conn_lost(pc, why);
   pconn_free(pc);
 }
 
@@ -1100,10 +1081,57 @@ static void finish_reply(call_t *c, ckt_message *m) {
 static void inbound_drop(ckt_conn *conn, ckt_stream *s, rxstate *rx,
                          size_t unread) {
   rx->credit += unread;
-  rx_credit(conn, rx);
+  node_rx_credit(conn, rx);
   ckt_stream_set_user(s, NULL);
-  rx_clear(rx);
+  node_rx_clear(rx);
   free(rx);
+}
+
+/* A message frame arrived on a call or inbound stream.  Returns 0, or an
+ * application error code to reset the stream with. */
+static int on_message(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
+                      ckt_message *m, size_t unread) {
+  pconn *pc = ckt_conn_user(conn);
+  if (rx->kind == RX_CALL) {
+    ckt_stream_set_user(s, NULL);
+    ckt_conn_credit(conn, unread); /* nothing may follow a reply */
+    finish_reply((call_t *)rx, m);
+    return 0;
+  }
+  /* Inbound: trust the transport for who sent it. */
+  if (pc) {
+    ckt_message_set_from(m, pc->name);
+  }
+  if (m->type == CKT_MSG_CALL && (ckt_stream_id(s) & 0x2) == 0) {
+    serve_call(n, s, m);
+  } else if (m->type == CKT_MSG_ONEWAY || m->type == CKT_MSG_PUSH) {
+    serve_oneway(n, m);
+  } else {
+    ckt_message_free(m);
+    inbound_drop(conn, s, rx, unread);
+    return APP_MALFORMED;
+  }
+  ckt_message_free(m);
+  return 0;
+}
+
+/* The first frame of a peer-opened bidirectional stream may be a
+ * fragment OPEN: the stream becomes a circuit. */
+static int on_open(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
+                   ckt_buf *body, size_t unread) {
+  ckt_fragment *f = NULL;
+  pconn *pc = ckt_conn_user(conn);
+  int rv = ckt_fragment_decode(body->data, body->len, &n->flim, &f);
+  ckt_buf_free(body);
+  if (rv != CKT_OK || f->type != CKT_FRAG_OPEN || !pc ||
+      (ckt_stream_id(s) & 0x2) != 0) {
+    ckt_fragment_free(f);
+    inbound_drop(conn, s, rx, unread);
+    return APP_MALFORMED;
+  }
+  node_rx_credit(conn, rx);
+  circuit_accept(n, pc, s, rx, f); /* frees rx: the circuit takes over */
+  return 0;
 }
 
 static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
@@ -1112,22 +1140,46 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
   rxstate *rx = ckt_stream_user(s);
   pconn *pc = ckt_conn_user(conn);
   (void)fin;
-  if (!rx) {
-    ckt_conn_credit(conn, len); /* a stream we gave up on: discard */
-    return 0;
-  }
-  while (len > 0) {
+  while (rx && len > 0) {
     ckt_message *m = NULL;
-    int rv = rx_feed(n, rx, &data, &len, &m);
+    ckt_buf body;
+    uint8_t type;
+    int rv = node_rx_frame(n, rx, &data, &len, &type, &body);
     if (rv == 0) {
       break;
+    }
+    if (rv > 0 && rx->kind == RX_CIRCUIT) {
+      rv = circuit_on_frame(s, rx, type, &body);
+      if (rv != 0) {
+        ckt_conn_credit(conn, len); /* the circuit is gone: discard */
+        return rv;
+      }
+    } else if (rv > 0 && rx->kind == RX_INBOUND && type == CKT_FRAME_FRAGMENT) {
+      rv = on_open(n, conn, s, rx, &body, len);
+      if (rv != 0) {
+        return rv;
+      }
+    } else if (rv > 0) {
+      rv = type == CKT_FRAME_MESSAGE
+               ? ckt_message_decode(body.data, body.len, &n->lim, &m)
+               : CKT_ERR_FORMAT;
+      ckt_buf_free(&body);
+      if (rv == CKT_OK) {
+        node_rx_credit(conn, rx); /* the frame is decoded: its bytes are free */
+        rv = on_message(n, conn, s, rx, m, len);
+        if (rv != 0 || ckt_stream_user(s) != rx) {
+          return rv;
+        }
+        rx = ckt_stream_user(s);
+        continue;
+      }
     }
     if (rv < 0) {
       node_log(n, "malformed frame from %s: %s; stream reset",
                pc ? pc->name : "a peer", ckt_strerror(rv));
       if (rx->kind == RX_CALL) {
         rx->credit += len;
-        rx_credit(conn, rx);
+        node_rx_credit(conn, rx);
         call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
                     "the peer sent a malformed reply");
       } else {
@@ -1135,27 +1187,10 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
       }
       return APP_MALFORMED;
     }
-    rx_credit(conn, rx); /* the frame is decoded: its bytes are free */
-    if (rx->kind == RX_CALL) {
-      ckt_stream_set_user(s, NULL);
-      ckt_conn_credit(conn, len); /* nothing may follow a reply */
-      finish_reply((call_t *)rx, m);
-      return 0;
-    }
-    /* Inbound: trust the transport for who sent it. */
-    if (pc) {
-      ckt_message_set_from(m, pc->name);
-    }
-    if (m->type == CKT_MSG_CALL && (ckt_stream_id(s) & 0x2) == 0) {
-      serve_call(n, s, m);
-    } else if (m->type == CKT_MSG_ONEWAY || m->type == CKT_MSG_PUSH) {
-      serve_oneway(n, m);
-    } else {
-      ckt_message_free(m);
-      inbound_drop(conn, s, rx, len);
-      return APP_MALFORMED;
-    }
-    ckt_message_free(m);
+    rx = ckt_stream_user(s);
+  }
+  if (!rx && len > 0) {
+    ckt_conn_credit(conn, len); /* a stream we gave up on: discard */
   }
   return 0;
 }
@@ -1168,7 +1203,7 @@ static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
     return;
   }
   ckt_stream_set_user(s, NULL);
-  rx_credit(conn, rx); /* a partial frame thrown away */
+  node_rx_credit(conn, rx); /* a partial frame thrown away */
   if (rx->kind == RX_CALL) {
     call_t *c = (call_t *)rx;
     char why[128];
@@ -1180,15 +1215,27 @@ static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
     call_finish(c, CKT_ERR_CONNECTION, NULL, why);
     return;
   }
-  rx_clear(rx);
+  if (rx->kind == RX_CIRCUIT) {
+    circuit_on_stream_closed(rx, app_error);
+    return;
+  }
+  node_rx_clear(rx);
   free(rx);
+}
+
+static void on_stream_acked(ckt_conn *conn, ckt_stream *s, void *user) {
+  rxstate *rx = ckt_stream_user(s);
+  (void)conn, (void)user;
+  if (rx && rx->kind == RX_CIRCUIT) {
+    circuit_writable(s, rx);
+  }
 }
 
 static void on_streams_available(ckt_conn *conn, void *user) {
   pconn *pc = ckt_conn_user(conn);
   (void)user;
   if (pc) {
-    pconn_pump(pc);
+    node_pconn_pump(pc);
   }
 }
 
@@ -1332,6 +1379,11 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   }
   n->lim.max_payload = cfg->max_message_size ? cfg->max_message_size
                                              : CKT_MESSAGE_DEFAULT_MAX_PAYLOAD;
+  n->flim.max_payload = n->lim.max_payload;
+  n->frame_max = ckt_message_encoded_max(&n->lim);
+  if (ckt_fragment_encoded_max(&n->flim) > n->frame_max) {
+    n->frame_max = ckt_fragment_encoded_max(&n->flim);
+  }
   n->listen = strdup(cfg->listen ? cfg->listen : "0.0.0.0:0");
   if (cfg->cert_dir) {
     n->cert_dir = strdup(cfg->cert_dir);
@@ -1383,8 +1435,7 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
    * hold at most one window of unfinished frames per connection; the
    * window must fit the largest frame. */
   ec.manual_conn_credit = 1;
-  ec.conn_window =
-      2 * (ckt_message_encoded_max(&n->lim) + CKT_FRAME_HEADER_LEN);
+  ec.conn_window = 2 * (n->frame_max + CKT_FRAME_HEADER_LEN);
   if (ec.conn_window < 8u * 1024 * 1024) {
     ec.conn_window = 8u * 1024 * 1024;
   }
@@ -1396,6 +1447,7 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   ec.cb.stream_data = on_stream_data;
   ec.cb.stream_closed = on_stream_closed;
   ec.cb.streams_available = on_streams_available;
+  ec.cb.stream_acked = on_stream_acked;
   ec.user = n;
   ec.log = ep_log;
   rv = ckt_endpoint_new(n->rt, &ckt_ev_udp(n->ev)->local, &ec, &n->ep);
@@ -1406,6 +1458,7 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   recv.batch_done = ev_batch_done;
   recv.user = n;
   ckt_ev_set_receiver(n->ev, &recv);
+  circuit_register_builtin(n);
   *out = n;
   return CKT_OK;
 
@@ -1452,6 +1505,7 @@ void ckt_node_run(ckt_node *n) {
 /* On the loop: fail what waits, close connections, end the loop. */
 static void stop_on_loop(void *arg) {
   ckt_node *n = arg;
+  circuit_stop_all(n); /* remote ends hear "peer stopped" first */
   set_stopping(n);
   while (n->conns) {
     pconn *pc = n->conns;
@@ -1471,7 +1525,7 @@ void ckt_node_stop(ckt_node *n) {
   if (!n || !n->ev) {
     return;
   }
-  if (on_loop(n)) {
+  if (node_on_loop(n)) {
     /* From a handler or callback: the endpoint may be mid-packet here,
      * so the stop runs once this callback has returned. */
     n->rt->ops->post(n->rt, stop_on_loop, n);

@@ -707,9 +707,13 @@ static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid,
 static int cb_acked(ngtcp2_conn *q, int64_t sid, uint64_t offset, uint64_t len,
                     void *user, void *stream_user) {
   ckt_stream *s = stream_user;
-  (void)q, (void)sid, (void)user;
+  ckt_conn *c = user;
+  (void)q, (void)sid;
   if (s) {
     stream_acked(s, offset + len);
+    if (s->user && c->ep->cfg.cb.stream_acked) {
+      c->ep->cfg.cb.stream_acked(c, s, c->ep->cfg.user);
+    }
   }
   return 0;
 }

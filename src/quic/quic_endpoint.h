@@ -55,6 +55,8 @@ typedef struct ckt_endpoint_callbacks {
   /* The peer allows more streams: a ckt_conn_open_stream() that failed
    * with CKT_ERR_AGAIN can be retried. */
   void (*streams_available)(ckt_conn *c, void *user);
+  /* The peer acknowledged data on s (ckt_stream_unacked() went down). */
+  void (*stream_acked)(ckt_conn *c, ckt_stream *s, void *user);
 } ckt_endpoint_callbacks;
 
 typedef struct ckt_endpoint_config {

@@ -1,0 +1,159 @@
+/*
+ * ckt/peer.h — peers, circuits and fragments.
+ *
+ * A peer is an instance of a named service running on a node; the same
+ * service code runs on any node, whichever role it has.  Peers talk over
+ * circuits: persistent, ordered, bidirectional channels of fragments
+ * between two peers, each circuit its own QUIC stream (so a slow circuit
+ * holds back no other).  Opening a circuit costs no round trip: its first
+ * frame names the target peer and service.
+ *
+ * A peer URL names a peer: ckt://host:port/service/peerID (peerID: 32 hex
+ * digits), optionally followed by /circuitID.
+ *
+ * Threading: callbacks run on the node's loop thread.  The functions
+ * below are loop-thread only unless they say otherwise; from another
+ * thread, run work on the loop with ckt_node_post().
+ *
+ * Ownership: fragments passed to send functions are taken (freed once
+ * encoded, also on error); fragments handed to callbacks belong to ckt
+ * and live for the call.  Peers and circuits are owned by the node: a
+ * circuit pointer is valid until its circuit_closed callback returns, a
+ * peer pointer until its stopped callback returns.
+ */
+#ifndef CKT_PEER_H
+#define CKT_PEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckt/error.h"
+#include "ckt/fragment.h"
+#include "ckt/node.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ckt_peer ckt_peer;
+typedef struct ckt_circuit ckt_circuit;
+
+/* Longest peer URL ckt writes, NUL included. */
+#define CKT_PEER_URL_MAX 400
+/* Bytes a circuit may have written but unacknowledged before
+ * ckt_circuit_send() says CKT_ERR_AGAIN (then `writable` follows). */
+#define CKT_CIRCUIT_QUEUE_MAX (1024u * 1024)
+
+/* What a service does; every callback is optional. */
+typedef struct ckt_peer_service {
+  /* A peer of this service started (locally or at a remote's request). */
+  void (*started)(ckt_peer *p, void *user);
+  /* A remote peer opened circuit c to p.  `open` is its OPEN fragment
+   * (service, subject = the circuit's name, args).  Return 0 to accept;
+   * anything else refuses it (the opener's circuit closes with a reason). */
+  int (*circuit_new)(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
+                     void *user);
+  /* A data fragment arrived on c, in order. */
+  void (*fragment)(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
+                   void *user);
+  /* An error fragment arrived on c (f->err says what). */
+  void (*error)(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f, void *user);
+  /* c is closed: by either end (reason given), by the peer stopping, or by
+   * the connection being lost ("connection lost: ...").  remote: 1 if the
+   * other end closed it. */
+  void (*circuit_closed)(ckt_peer *p, ckt_circuit *c, const char *reason,
+                         int remote, void *user);
+  /* c can take more after ckt_circuit_send() said CKT_ERR_AGAIN. */
+  void (*writable)(ckt_peer *p, ckt_circuit *c, void *user);
+  /* p is stopping; its circuits are closed right after. */
+  void (*stopping)(ckt_peer *p, void *user);
+} ckt_peer_service;
+
+/* Registers a service that peers can be started for, here or by remote
+ * nodes (remote requests and circuits to the service's instances).  Any
+ * thread, before or after ckt_node_start().  CKT_OK,
+ * CKT_ERR_INVALID_ARGUMENT, CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_node_register_peer_service(ckt_node *n, const char *name,
+                                              const ckt_peer_service *svc,
+                                              void *user);
+
+/* Runs fn(arg) on the node's loop thread soon.  Any thread.  CKT_OK,
+ * CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_node_post(ckt_node *n, void (*fn)(void *arg), void *arg);
+
+/* Starts a peer of a registered service on this node; its ID is random
+ * (128 bits) and new for every start.  CKT_OK, CKT_ERR_NO_SERVICE,
+ * CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_node_start_peer(ckt_node *n, const char *service,
+                                   ckt_peer **out);
+
+/* Starts a peer of `service` on the node at host_port (dialing it if
+ * needed) and reports its URL.  done runs on the loop: err CKT_OK with
+ * url, else the Message API's call errors (CKT_ERR_NO_SERVICE when the
+ * remote has no such peer service) with `why`.  Any thread. */
+typedef void (*ckt_peer_started_fn)(ckt_node *n, int err, const char *url,
+                                    const char *why, void *user);
+CKT_EXTERN int ckt_node_start_remote_peer(ckt_node *n, const char *host_port,
+                                          const char *service,
+                                          ckt_peer_started_fn done, void *user);
+
+/* Stops a peer: `stopping`, then every circuit closes ("peer stopped"),
+ * telling the remote ends. */
+CKT_EXTERN void ckt_peer_stop(ckt_peer *p);
+
+/* This peer's URL and ID (hex). */
+CKT_EXTERN const char *ckt_peer_url(const ckt_peer *p);
+CKT_EXTERN const char *ckt_peer_id(const ckt_peer *p);
+CKT_EXTERN const char *ckt_peer_service_name(const ckt_peer *p);
+CKT_EXTERN ckt_node *ckt_peer_node(const ckt_peer *p);
+
+/* Opens a circuit from p to the peer at `url`, named `name`, optionally
+ * sending `first` (a data fragment, taken) in the same flight: no round
+ * trip.  The circuit exists at once; if the remote refuses it,
+ * circuit_closed says why.  CKT_OK, CKT_ERR_INVALID_ARGUMENT (bad URL),
+ * CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_peer_open_circuit(ckt_peer *p, const char *url,
+                                     const char *name, ckt_fragment *first,
+                                     void *circuit_user, ckt_circuit **out);
+/* Another circuit to the same remote peer as c. */
+CKT_EXTERN int ckt_circuit_open_sibling(ckt_circuit *c, const char *name,
+                                        ckt_fragment *first, void *circuit_user,
+                                        ckt_circuit **out);
+
+/* Sends a data fragment on c; never blocks.  CKT_OK; CKT_ERR_AGAIN when
+ * CKT_CIRCUIT_QUEUE_MAX bytes wait for the remote (nothing is sent; wait
+ * for `writable`); CKT_ERR_TOO_LARGE; CKT_ERR_CLOSED. */
+CKT_EXTERN int ckt_circuit_send(ckt_circuit *c, ckt_fragment *f);
+/* Sends an error fragment with text `err` (the same limits apply). */
+CKT_EXTERN int ckt_circuit_send_error(ckt_circuit *c, const char *err);
+/* Closes c, telling the remote end `reason` (may be NULL).  Both ends get
+ * circuit_closed (this one with remote = 0). */
+CKT_EXTERN void ckt_circuit_close(ckt_circuit *c, const char *reason);
+
+CKT_EXTERN void *ckt_circuit_user(const ckt_circuit *c);
+CKT_EXTERN void ckt_circuit_set_user(ckt_circuit *c, void *user);
+CKT_EXTERN const char *ckt_circuit_name(const ckt_circuit *c);
+CKT_EXTERN const char *ckt_circuit_id(const ckt_circuit *c);
+/* The remote peer's URL. */
+CKT_EXTERN const char *ckt_circuit_remote_url(const ckt_circuit *c);
+CKT_EXTERN ckt_peer *ckt_circuit_peer(const ckt_circuit *c);
+
+typedef struct ckt_url {
+  char host_port[CKT_MESSAGE_ADDR_MAX + 1];
+  char service[CKT_MESSAGE_SERVICE_MAX + 1];
+  uint8_t peer_id[CKT_PEER_ID_LEN];
+  uint8_t circuit_id[CKT_PEER_ID_LEN];
+  int has_circuit;
+} ckt_url;
+
+/* Parses ckt://host:port/service/peerID[/circuitID].  CKT_OK,
+ * CKT_ERR_FORMAT. */
+CKT_EXTERN int ckt_url_parse(const char *url, ckt_url *out);
+/* Writes the URL form; CKT_OK or CKT_ERR_TOO_LARGE. */
+CKT_EXTERN int ckt_url_format(const ckt_url *u, char *out, size_t outsz);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CKT_PEER_H */

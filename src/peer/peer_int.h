@@ -1,0 +1,124 @@
+/*
+ * peer_int.h — what the node (peer_node.c) and circuits (peer_circuit.c)
+ * share: the node's state, connections, frame reading and sending.
+ * Everything here runs on the loop thread unless it says otherwise.
+ */
+#ifndef CKT_PEER_INT_H
+#define CKT_PEER_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "ckt/node.h"
+#include "ckt/peer.h"
+#include "core_buf.h"
+#include "fragment_codec.h"
+#include "quic_endpoint.h"
+#include "quic_ev.h"
+#include "tls_quic.h"
+
+/* App error codes on streams and connections. */
+#define APP_CANCELED 0x10  /* the caller gave up (timeout) */
+#define APP_MALFORMED 0x11 /* a frame that did not decode */
+
+enum { RX_CALL = 1, RX_INBOUND = 2, RX_CIRCUIT = 3 };
+
+/* Collects one frame from a stream, bounded by the node's limits. */
+typedef struct rxstate {
+  int kind;
+  uint8_t hdr[CKT_FRAME_HEADER_LEN];
+  size_t hdr_got;
+  uint32_t body_len;
+  ckt_buf body;    /* grows as bytes arrive, never past body_len */
+  uint64_t credit; /* bytes of the frame being read, not yet credited */
+} rxstate;
+
+typedef struct pconn pconn;
+typedef struct call_t call_t;
+
+typedef struct oneway {
+  struct oneway *next;
+  uint8_t *frame;
+  size_t frame_len;
+} oneway;
+
+/* One connection (either role) and what waits on it. */
+struct pconn {
+  pconn *next, *prev;
+  ckt_node *n;
+  ckt_conn *conn;
+  ckt_addr addr;
+  char name[CKT_ADDR_STRLEN];
+  call_t *calls;                /* waiting for a stream or in flight */
+  struct ckt_circuit *circuits; /* open on this connection or waiting */
+  int linked;                   /* in n->conns */
+  oneway *ow_head, *ow_tail;
+};
+
+typedef struct service_t {
+  struct service_t *next;
+  char name[CKT_MESSAGE_SERVICE_MAX + 1];
+  ckt_call_handler call;
+  ckt_oneway_handler oneway;
+  void *call_user, *oneway_user;
+  int has_peer; /* a peer service is registered under this name */
+  ckt_peer_service peer;
+  void *peer_user;
+} service_t;
+
+struct ckt_node {
+  ckt_node_config cfg;
+  char *listen, *cert_dir, *server_name, *client_name, *ca_file;
+  ckt_message_limits lim;
+  ckt_ev *ev;
+  ckt_runtime *rt;
+  ckt_endpoint *ep;
+  WOLFSSL_CTX *server_tls, *client_tls;
+  char address[CKT_ADDR_STRLEN];
+  pconn *conns;
+  pthread_mutex_t mu; /* services, stats */
+  service_t *services;
+  ckt_node_stats stats;
+  uint64_t next_call_id, next_seqno;
+  pthread_t thread;
+  int thread_started;
+  pthread_t loop_thread;
+  int loop_running; /* guarded by mu */
+  int stopping;
+  size_t frame_max; /* largest frame body accepted (message or fragment) */
+  ckt_fragment_limits flim;
+  struct ckt_peer *peers; /* local peers (loop thread) */
+};
+
+void node_log(ckt_node *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int node_stopping(ckt_node *n);
+int node_on_loop(ckt_node *n);
+/* A connection to addr for sending (a ready one of either role first, else
+ * one being dialed); dials when there is none.  CKT_OK, CKT_ERR_CLOSED,
+ * CKT_ERR_AGAIN, CKT_ERR_NOMEM. */
+int node_pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out);
+/* Opens streams for what waits on pc (calls, one-way, circuits). */
+void node_pconn_pump(pconn *pc);
+/* Reads one frame: 1 with *type and the body moved into *body (the caller
+ * frees it), 0 when more bytes are needed, or a CKT_ERR_*. */
+int node_rx_frame(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
+                  uint8_t *type, ckt_buf *body);
+void node_rx_clear(rxstate *rx);
+void node_rx_credit(ckt_conn *conn, rxstate *rx);
+/* A peer service registered under name (copied out under the lock). */
+int node_peer_service(ckt_node *n, const char *name, ckt_peer_service *svc,
+                      void **user);
+
+/* peer_circuit.c: the node hands circuit events over. */
+void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
+                    ckt_fragment *open);
+int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body);
+void circuit_on_stream_closed(rxstate *rx, uint64_t app_error);
+void circuit_pump(pconn *pc);
+void circuit_conn_lost(pconn *pc, const char *why);
+void circuit_writable(ckt_stream *s, rxstate *rx);
+void circuit_stop_all(ckt_node *n);
+void circuit_register_builtin(ckt_node *n);
+
+#endif

@@ -584,9 +584,8 @@ void circuit_conn_lost(pconn *pc, const char *why) {
   char reason[600];
   snprintf(reason, sizeof(reason), "connection lost: %s", why);
   while (pc->circuits) {
-    ckt_circuit *c = pc->circuits;
-    c->stream = NULL; /* the endpoint frees its streams */
-    circuit_end(c, reason, 1);
+    /* circuit_end unhooks it from its stream, which the endpoint frees. */
+    circuit_end(pc->circuits, reason, 1);
   }
 }
 

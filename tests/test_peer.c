@@ -1,0 +1,576 @@
+/*
+ * test_peer.c — peers and circuits between nodes over real UDP on
+ * loopback.  Peer code runs on the loop; the test thread drives it with
+ * ckt_node_post() and waits on what the callbacks record.
+ */
+#include <criterion/criterion.h>
+#include <criterion/hooks.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ckt/ckt.h"
+
+static char root[] = "/tmp/ckt-test-peer-XXXXXX";
+
+ReportHook(PRE_ALL)(struct criterion_test_set *set) {
+  char certs[600], priv[600];
+  (void)set;
+  if (!mkdtemp(root)) {
+    perror("mkdtemp");
+    exit(1);
+  }
+  snprintf(certs, sizeof(certs), "%s/certs", root);
+  snprintf(priv, sizeof(priv), "%s/private", root);
+  if (ckt_identity_make(certs, "node", priv, NULL, NULL) != CKT_OK ||
+      ckt_identity_make(certs, "client", priv, NULL, NULL) != CKT_OK) {
+    exit(1);
+  }
+  setenv("CKT_TEST_CERTS", certs, 1);
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
+  char cmd[700];
+  (void)stats;
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "test_peer: cannot remove %s\n", root);
+  }
+}
+
+/* ---- a recording service ------------------------------------------------- */
+
+#define MAX_EVENTS 4096
+
+/* What one node's peers saw; guarded by mu, waited on with cv. */
+typedef struct seen {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int started, opened, fragments, errors, closed, closed_remote;
+  int64_t last_part;
+  int in_order; /* every fragment's part was the previous + 1 per circuit */
+  char last_reason[512];
+  char last_payload[256];
+  ckt_peer *peer;       /* the last peer started */
+  ckt_circuit *circuit; /* the last circuit opened to us */
+  int echo;             /* send every fragment back */
+} seen;
+
+static void seen_init(seen *s) {
+  memset(s, 0, sizeof(*s));
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  s->in_order = 1;
+  s->last_part = -1;
+}
+
+static void on_started(ckt_peer *p, void *user) {
+  seen *s = user;
+  pthread_mutex_lock(&s->mu);
+  s->started++;
+  s->peer = p;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static int on_new(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
+                  void *user) {
+  seen *s = user;
+  (void)p, (void)open;
+  pthread_mutex_lock(&s->mu);
+  s->opened++;
+  s->circuit = c;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return 0;
+}
+
+static void on_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
+                        void *user) {
+  seen *s = user;
+  (void)p;
+  pthread_mutex_lock(&s->mu);
+  s->fragments++;
+  if (f->part != s->last_part + 1 && f->part != 0) {
+    s->in_order = 0;
+  }
+  s->last_part = f->part;
+  snprintf(s->last_payload, sizeof(s->last_payload), "%.*s",
+           (int)(f->payload_len < 200 ? f->payload_len : 200),
+           (const char *)f->payload);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  if (s->echo) {
+    ckt_fragment *back = NULL;
+    cr_assert_eq(ckt_fragment_copy(f, &back), CKT_OK);
+    cr_assert_eq(ckt_circuit_send(c, back), CKT_OK);
+  }
+}
+
+static void on_error(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
+                     void *user) {
+  seen *s = user;
+  (void)p, (void)c;
+  pthread_mutex_lock(&s->mu);
+  s->errors++;
+  snprintf(s->last_reason, sizeof(s->last_reason), "%s", f->err);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void on_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
+                      int remote, void *user) {
+  seen *s = user;
+  (void)p;
+  pthread_mutex_lock(&s->mu);
+  s->closed++;
+  s->closed_remote += remote;
+  if (s->circuit == c) {
+    s->circuit = NULL;
+  }
+  snprintf(s->last_reason, sizeof(s->last_reason), "%s", reason);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static const ckt_peer_service recorder = {
+    .started = on_started,
+    .circuit_new = on_new,
+    .fragment = on_fragment,
+    .error = on_error,
+    .circuit_closed = on_closed,
+};
+
+/* Waits up to 5 s until *field >= want. */
+static int wait_for(seen *s, const int *field, int want) {
+  struct timespec until;
+  int v;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  pthread_mutex_lock(&s->mu);
+  while (*field < want && pthread_cond_timedwait(&s->cv, &s->mu, &until) == 0) {
+  }
+  v = *field;
+  pthread_mutex_unlock(&s->mu);
+  return v;
+}
+
+static ckt_node *node(int serve, seen *s, char *addr, size_t n) {
+  ckt_node_config cfg;
+  ckt_node *nd;
+  ckt_node_config_init(&cfg);
+  cfg.listen = "127.0.0.1:0";
+  cfg.serve = serve;
+  cfg.cert_dir = getenv("CKT_TEST_CERTS");
+  cfg.idle_timeout_ms = 2000;
+  cr_assert_eq(ckt_node_new(&cfg, &nd), CKT_OK);
+  cr_assert_eq(ckt_node_register_peer_service(nd, "chat", &recorder, s),
+               CKT_OK);
+  cr_assert_eq(ckt_node_start(nd), CKT_OK);
+  if (addr) {
+    ckt_node_address(nd, addr, n);
+  }
+  return nd;
+}
+
+/* ---- running code on a node's loop --------------------------------------- */
+
+typedef struct job {
+  void (*fn)(struct job *);
+  ckt_node *n;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, rv;
+  const char *text;
+  char url[CKT_PEER_URL_MAX];
+  ckt_peer *peer;
+  ckt_circuit *circuit;
+  int count;
+} job;
+
+static void job_run(void *arg) {
+  job *j = arg;
+  j->fn(j);
+  pthread_mutex_lock(&j->mu);
+  j->done = 1;
+  pthread_cond_broadcast(&j->cv);
+  pthread_mutex_unlock(&j->mu);
+}
+
+static void on_loop(ckt_node *n, job *j, void (*fn)(job *)) {
+  j->fn = fn;
+  j->n = n;
+  j->done = 0;
+  pthread_mutex_init(&j->mu, NULL);
+  pthread_cond_init(&j->cv, NULL);
+  cr_assert_eq(ckt_node_post(n, job_run, j), CKT_OK);
+  pthread_mutex_lock(&j->mu);
+  while (!j->done) {
+    pthread_cond_wait(&j->cv, &j->mu);
+  }
+  pthread_mutex_unlock(&j->mu);
+}
+
+static void do_start(job *j) {
+  j->rv = ckt_node_start_peer(j->n, "chat", &j->peer);
+  if (j->rv == CKT_OK) {
+    snprintf(j->url, sizeof(j->url), "%s", ckt_peer_url(j->peer));
+  }
+}
+
+static ckt_fragment *frag(const char *text, int64_t part) {
+  ckt_fragment *f = ckt_fragment_new();
+  cr_assert_not_null(f);
+  cr_assert_eq(ckt_fragment_set_payload(f, text, strlen(text)), CKT_OK);
+  f->part = part;
+  return f;
+}
+
+static void do_open(job *j) {
+  j->rv = ckt_peer_open_circuit(j->peer, j->url, "talk",
+                                frag(j->text ? j->text : "hello", 0), NULL,
+                                &j->circuit);
+}
+
+static void do_send_many(job *j) {
+  int i;
+  for (i = 1; i <= j->count; ++i) {
+    char text[32];
+    snprintf(text, sizeof(text), "msg %d", i);
+    j->rv = ckt_circuit_send(j->circuit, frag(text, i));
+    if (j->rv != CKT_OK) {
+      return;
+    }
+  }
+}
+
+static void do_close(job *j) {
+  ckt_circuit_close(j->circuit, j->text);
+}
+
+static void do_stop_peer(job *j) {
+  ckt_peer_stop(j->peer);
+}
+
+static void do_send_error(job *j) {
+  j->rv = ckt_circuit_send_error(j->circuit, j->text);
+}
+
+/* ---- tests ----------------------------------------------------------------
+ */
+
+Test(peer, urls_round_trip_and_reject_garbage) {
+  ckt_url u;
+  char out[CKT_PEER_URL_MAX];
+  const char *good =
+      "ckt://127.0.0.1:7100/chat/00112233445566778899aabbccddeeff";
+  const char *with_circuit =
+      "ckt://[::1]:7100/chat/00112233445566778899aabbccddeeff/"
+      "ffeeddccbbaa99887766554433221100";
+  cr_assert_eq(ckt_url_parse(good, &u), CKT_OK);
+  cr_assert_str_eq(u.host_port, "127.0.0.1:7100");
+  cr_assert_str_eq(u.service, "chat");
+  cr_assert_eq(u.peer_id[15], 0xff);
+  cr_assert_eq(ckt_url_format(&u, out, sizeof(out)), CKT_OK);
+  cr_assert_str_eq(out, good);
+  cr_assert_eq(ckt_url_parse(with_circuit, &u), CKT_OK);
+  cr_assert(u.has_circuit);
+  cr_assert_eq(ckt_url_format(&u, out, sizeof(out)), CKT_OK);
+  cr_assert_str_eq(out, with_circuit);
+  cr_assert_eq(ckt_url_parse("http://x/chat/00", &u), CKT_ERR_FORMAT);
+  cr_assert_eq(ckt_url_parse("ckt://h:1/chat/0011", &u), CKT_ERR_FORMAT);
+  cr_assert_eq(ckt_url_parse("ckt://h:1//00112233445566778899aabbccddeeff", &u),
+               CKT_ERR_FORMAT);
+  cr_assert_eq(ckt_url_parse("ckt://h:1/chat", &u), CKT_ERR_FORMAT);
+}
+
+Test(peer, circuit_between_a_client_and_a_server_both_ways) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+
+  /* A peer on the server (the server role), one on the client. */
+  on_loop(srv, &j, do_start);
+  cr_assert_eq(j.rv, CKT_OK);
+  {
+    char srv_url[CKT_PEER_URL_MAX];
+    snprintf(srv_url, sizeof(srv_url), "%s", j.url);
+    on_loop(cli, &j, do_start);
+    cr_assert_eq(j.rv, CKT_OK);
+    cr_assert_str_neq(j.url, srv_url, "every peer has its own ID");
+    snprintf(j.url, sizeof(j.url), "%s", srv_url);
+  }
+  /* The client's peer opens a circuit with a first fragment. */
+  j.text = "hello server";
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(j.rv, CKT_OK);
+  cr_assert_eq(wait_for(&ss, &ss.opened, 1), 1);
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 1), 1);
+  cr_assert_str_eq(ss.last_payload, "hello server");
+
+  /* 500 fragments arrive in order. */
+  j.count = 500;
+  on_loop(cli, &j, do_send_many);
+  cr_assert_eq(j.rv, CKT_OK);
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 501), 501);
+  cr_assert(ss.in_order);
+
+  /* The server's peer answers on the same circuit (either side talks). */
+  {
+    job k;
+    memset(&k, 0, sizeof(k));
+    pthread_mutex_lock(&ss.mu);
+    k.circuit = ss.circuit;
+    pthread_mutex_unlock(&ss.mu);
+    k.count = 3;
+    on_loop(srv, &k, do_send_many);
+    cr_assert_eq(k.rv, CKT_OK);
+    cr_assert_eq(wait_for(&cs, &cs.fragments, 3), 3);
+    k.text = "a user-level error";
+    on_loop(srv, &k, do_send_error);
+    cr_assert_eq(wait_for(&cs, &cs.errors, 1), 1);
+    cr_assert_str_eq(cs.last_reason, "a user-level error");
+  }
+
+  /* Closing tells both ends, the remote with the reason. */
+  j.text = "done talking";
+  on_loop(cli, &j, do_close);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 1), 1);
+  cr_assert_eq(cs.closed_remote, 0);
+  cr_assert_eq(wait_for(&ss, &ss.closed, 1), 1);
+  cr_assert_eq(ss.closed_remote, 1);
+  cr_assert_str_eq(ss.last_reason, "done talking");
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+static void note_started(ckt_node *n, int err, const char *url, const char *why,
+                         void *user) {
+  job *j = user;
+  (void)n;
+  pthread_mutex_lock(&j->mu);
+  j->rv = err;
+  snprintf(j->url, sizeof(j->url), "%s", url ? url : (why ? why : ""));
+  j->done = 1;
+  pthread_cond_broadcast(&j->cv);
+  pthread_mutex_unlock(&j->mu);
+}
+
+static void remote_start(ckt_node *n, const char *where, const char *service,
+                         job *j) {
+  memset(j, 0, sizeof(*j));
+  pthread_mutex_init(&j->mu, NULL);
+  pthread_cond_init(&j->cv, NULL);
+  cr_assert_eq(ckt_node_start_remote_peer(n, where, service, note_started, j),
+               CKT_OK);
+  pthread_mutex_lock(&j->mu);
+  while (!j->done) {
+    pthread_cond_wait(&j->cv, &j->mu);
+  }
+  pthread_mutex_unlock(&j->mu);
+}
+
+Test(peer, remote_peer_start_gives_a_url_and_a_restart_a_new_id) {
+  seen ss, cs;
+  char saddr[80], first[CKT_PEER_URL_MAX];
+  ckt_node *srv, *cli;
+  ckt_url u;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  remote_start(cli, saddr, "chat", &j);
+  cr_assert_eq(j.rv, CKT_OK, "%s", j.url);
+  cr_assert_eq(ckt_url_parse(j.url, &u), CKT_OK, "%s", j.url);
+  cr_assert_str_eq(u.host_port, saddr);
+  cr_assert_str_eq(u.service, "chat");
+  cr_assert_eq(wait_for(&ss, &ss.started, 1), 1);
+  snprintf(first, sizeof(first), "%s", j.url);
+  /* The peer stops; a new start is a new peer with a new ID. */
+  {
+    job k;
+    memset(&k, 0, sizeof(k));
+    k.peer = ss.peer;
+    on_loop(srv, &k, do_stop_peer);
+  }
+  remote_start(cli, saddr, "chat", &j);
+  cr_assert_eq(j.rv, CKT_OK);
+  cr_assert_str_neq(j.url, first);
+  /* An unknown service is refused with a clear error. */
+  remote_start(cli, saddr, "nosuch", &j);
+  cr_assert_eq(j.rv, CKT_ERR_NO_SERVICE);
+  cr_assert(strstr(j.url, "no peer service 'nosuch'"), "%s", j.url);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(peer, circuits_to_gone_peers_and_unknown_services_are_refused) {
+  seen ss, cs;
+  char saddr[80], url[CKT_PEER_URL_MAX];
+  ckt_node *srv, *cli;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  on_loop(cli, &j, do_start);
+  /* A peer ID nobody has. */
+  snprintf(url, sizeof(url), "ckt://%s/chat/0123456789abcdef0123456789abcdef",
+           saddr);
+  snprintf(j.url, sizeof(j.url), "%s", url);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(j.rv, CKT_OK, "opening costs no round trip");
+  cr_assert_eq(wait_for(&cs, &cs.closed, 1), 1);
+  cr_assert(strstr(cs.last_reason, "refused: no peer 0123456789abcdef"), "%s",
+            cs.last_reason);
+  /* A service the server does not have. */
+  snprintf(j.url, sizeof(j.url),
+           "ckt://%s/nosuch/0123456789abcdef0123456789abcdef", saddr);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 2), 2);
+  cr_assert(strstr(cs.last_reason, "no peer service 'nosuch'"), "%s",
+            cs.last_reason);
+  cr_assert_eq(ss.opened, 0);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(peer, a_stopping_peer_closes_its_circuits_on_both_ends) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j, k;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  on_loop(cli, &j, do_open);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(wait_for(&ss, &ss.opened, 2), 2);
+  on_loop(srv, &k, do_stop_peer);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 2), 2);
+  cr_assert_eq(cs.closed_remote, 2);
+  cr_assert_str_eq(cs.last_reason, "peer stopped");
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(peer, a_lost_connection_closes_every_circuit_on_both_sides) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j, k;
+  int i;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  for (i = 0; i < 3; ++i) {
+    on_loop(cli, &j, do_open);
+  }
+  cr_assert_eq(wait_for(&ss, &ss.opened, 3), 3);
+  /* The client's whole node goes away without closing its circuits one
+   * by one: the server must close all three itself. */
+  ckt_node_free(cli);
+  cr_assert_eq(wait_for(&ss, &ss.closed, 3), 3);
+  cr_assert_eq(ss.closed_remote, 3);
+  ckt_node_free(srv);
+}
+
+Test(peer, one_thousand_circuits_on_one_connection) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j, k;
+  int i;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  for (i = 0; i < 1000; ++i) {
+    on_loop(cli, &j, do_open);
+    cr_assert_eq(j.rv, CKT_OK);
+  }
+  cr_assert_eq(wait_for(&ss, &ss.opened, 1000), 1000);
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 1000), 1000);
+  {
+    ckt_node_stats st;
+    ckt_node_get_stats(cli, &st);
+    cr_assert_eq(st.connections_open, 1);
+  }
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+static void do_send_big(job *j) {
+  ckt_fragment *f = ckt_fragment_new();
+  size_t size = (size_t)j->count;
+  uint8_t *p = calloc(1, size);
+  cr_assert_not_null(p);
+  cr_assert_eq(ckt_fragment_set_payload(f, p, size), CKT_OK);
+  free(p);
+  j->rv = ckt_circuit_send(j->circuit, f);
+}
+
+Test(peer, a_fragment_at_the_size_limit_and_one_past_it) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j, k;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 1), 1);
+  j.count = CKT_FRAGMENT_DEFAULT_MAX_PAYLOAD + 1;
+  on_loop(cli, &j, do_send_big);
+  cr_assert_eq(j.rv, CKT_ERR_TOO_LARGE);
+  j.count = CKT_FRAGMENT_DEFAULT_MAX_PAYLOAD;
+  on_loop(cli, &j, do_send_big);
+  cr_assert(j.rv == CKT_OK || j.rv == CKT_ERR_AGAIN, "%d", j.rv);
+  if (j.rv == CKT_OK) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&ss.mu);
+    while (ss.fragments < 2 &&
+           pthread_cond_timedwait(&ss.cv, &ss.mu, &until) == 0) {
+    }
+    pthread_mutex_unlock(&ss.mu);
+    cr_assert_eq(ss.fragments, 2, "the 16 MiB fragment arrived");
+  }
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}

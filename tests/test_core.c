@@ -179,7 +179,7 @@ Test(core, hex_and_strerror) {
   cr_assert_str_eq(out, "00:ab:ff");
   cr_assert_str_eq(ckt_strerror(CKT_OK), "success");
   cr_assert_str_eq(ckt_strerror(12345), "unknown error");
-  for (int e = CKT_ERR_NO_SERVICE; e < 0; ++e) {
+  for (int e = CKT_ERR_LIMIT; e < 0; ++e) {
     cr_assert_str_neq(ckt_strerror(e), "unknown error", "code %d", e);
   }
 }

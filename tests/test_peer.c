@@ -169,6 +169,11 @@ static ckt_node *node(int serve, seen *s, char *addr, size_t n) {
   cr_assert_eq(ckt_node_new(&cfg, &nd), CKT_OK);
   cr_assert_eq(ckt_node_register_peer_service(nd, "chat", &recorder, s),
                CKT_OK);
+  {
+    ckt_peer_service solo = recorder;
+    solo.max_instances = 1;
+    cr_assert_eq(ckt_node_register_peer_service(nd, "solo", &solo, s), CKT_OK);
+  }
   cr_assert_eq(ckt_node_start(nd), CKT_OK);
   if (addr) {
     ckt_node_address(nd, addr, n);
@@ -571,6 +576,59 @@ Test(peer, a_fragment_at_the_size_limit_and_one_past_it) {
     pthread_mutex_unlock(&ss.mu);
     cr_assert_eq(ss.fragments, 2, "the 16 MiB fragment arrived");
   }
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+static void do_open_extant(job *j) {
+  j->rv = ckt_peer_open_circuit_extant(j->peer, j->text, "chat", "extant",
+                                       frag("hi", 0), NULL, &j->circuit);
+}
+
+Test(peer, prefer_extant_reaches_one_canonical_peer) {
+  seen ss, cs1, cs2;
+  char saddr[80];
+  ckt_node *srv, *c1, *c2;
+  job j1, j2;
+  seen_init(&ss);
+  seen_init(&cs1);
+  seen_init(&cs2);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  c1 = node(0, &cs1, NULL, 0);
+  c2 = node(0, &cs2, NULL, 0);
+  memset(&j1, 0, sizeof(j1));
+  memset(&j2, 0, sizeof(j2));
+  on_loop(c1, &j1, do_start);
+  on_loop(c2, &j2, do_start);
+  j1.text = saddr;
+  j2.text = saddr;
+  on_loop(c1, &j1, do_open_extant);
+  cr_assert_eq(wait_for(&ss, &ss.opened, 1), 1);
+  on_loop(c1, &j1, do_open_extant);
+  on_loop(c2, &j2, do_open_extant);
+  cr_assert_eq(wait_for(&ss, &ss.opened, 3), 3);
+  cr_assert_eq(ss.started, 1, "one peer started, the others reused it");
+  ckt_node_free(c1);
+  ckt_node_free(c2);
+  ckt_node_free(srv);
+}
+
+Test(peer, a_limited_service_refuses_a_second_instance_naming_the_first) {
+  seen ss, cs;
+  char saddr[80], first[CKT_PEER_URL_MAX];
+  ckt_node *srv, *cli;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  remote_start(cli, saddr, "solo", &j);
+  cr_assert_eq(j.rv, CKT_OK, "%s", j.url);
+  snprintf(first, sizeof(first), "%s", j.url);
+  remote_start(cli, saddr, "solo", &j);
+  cr_assert_eq(j.rv, CKT_ERR_LIMIT, "%s", j.url);
+  /* The error names the running peer (its ID, at the server's address). */
+  cr_assert(strstr(j.url, strrchr(first, '/') + 1), "%s", j.url);
   ckt_node_free(cli);
   ckt_node_free(srv);
 }

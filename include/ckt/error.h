@@ -77,7 +77,10 @@ enum {
   /* The remote handler reported an error; its text travels back. */
   CKT_ERR_REMOTE = -23,
   /* The remote node has no handler registered for the service. */
-  CKT_ERR_NO_SERVICE = -24
+  CKT_ERR_NO_SERVICE = -24,
+  /* A configured limit was reached (instances of a service, ...); the
+   * error text names what holds it. */
+  CKT_ERR_LIMIT = -25
 };
 
 /* Returns a static, human-readable description of an error code.

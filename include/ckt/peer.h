@@ -67,6 +67,10 @@ typedef struct ckt_peer_service {
   void (*writable)(ckt_peer *p, ckt_circuit *c, void *user);
   /* p is stopping; its circuits are closed right after. */
   void (*stopping)(ckt_peer *p, void *user);
+  /* At most this many peers of the service at once on this node (0: no
+   * limit).  Starting one more fails with CKT_ERR_LIMIT, naming the URL of
+   * a running one. */
+  unsigned max_instances;
 } ckt_peer_service;
 
 /* Registers a service that peers can be started for, here or by remote
@@ -83,6 +87,7 @@ CKT_EXTERN int ckt_node_post(ckt_node *n, void (*fn)(void *arg), void *arg);
 
 /* Starts a peer of a registered service on this node; its ID is random
  * (128 bits) and new for every start.  CKT_OK, CKT_ERR_NO_SERVICE,
+ * CKT_ERR_LIMIT (max_instances running; *out is then one of them),
  * CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_node_start_peer(ckt_node *n, const char *service,
                                    ckt_peer **out);
@@ -115,6 +120,14 @@ CKT_EXTERN ckt_node *ckt_peer_node(const ckt_peer *p);
 CKT_EXTERN int ckt_peer_open_circuit(ckt_peer *p, const char *url,
                                      const char *name, ckt_fragment *first,
                                      void *circuit_user, ckt_circuit **out);
+/* Opens a circuit from p to the running instance of `service` on the node
+ * at host_port, starting one there only if none runs (prefer-extant: all
+ * callers reach the same canonical peer).  The remote's answer comes as
+ * usual: circuit_closed says why if it refuses.  circuit_remote_url()
+ * gives the remote peer's URL once the circuit carried a fragment back. */
+CKT_EXTERN int ckt_peer_open_circuit_extant(
+    ckt_peer *p, const char *host_port, const char *service, const char *name,
+    ckt_fragment *first, void *circuit_user, ckt_circuit **out);
 /* Another circuit to the same remote peer as c. */
 CKT_EXTERN int ckt_circuit_open_sibling(ckt_circuit *c, const char *name,
                                         ckt_fragment *first, void *circuit_user,

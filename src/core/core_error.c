@@ -53,6 +53,8 @@ const char *ckt_strerror(int err) {
     return "the remote handler reported an error";
   case CKT_ERR_NO_SERVICE:
     return "no such service on the remote node";
+  case CKT_ERR_LIMIT:
+    return "a configured limit was reached";
   default:
     return "unknown error";
   }

@@ -156,6 +156,20 @@ int ckt_node_start_peer(ckt_node *n, const char *service, ckt_peer **out) {
   if (node_peer_service(n, service, &svc, &user) != CKT_OK) {
     return CKT_ERR_NO_SERVICE;
   }
+  if (svc.max_instances) {
+    unsigned running = 0;
+    ckt_peer *q, *any = NULL;
+    for (q = n->peers; q; q = q->next) {
+      if (!q->stopping && strcmp(q->service, service) == 0) {
+        running++;
+        any = q;
+      }
+    }
+    if (running >= svc.max_instances) {
+      *out = any;
+      return CKT_ERR_LIMIT;
+    }
+  }
   p = calloc(1, sizeof(*p));
   if (!p) {
     return CKT_ERR_NOMEM;
@@ -412,6 +426,24 @@ int ckt_peer_open_circuit(ckt_peer *p, const char *url, const char *name,
   return open_to(p, &u, name, first, circuit_user, out);
 }
 
+int ckt_peer_open_circuit_extant(ckt_peer *p, const char *host_port,
+                                 const char *service, const char *name,
+                                 ckt_fragment *first, void *circuit_user,
+                                 ckt_circuit **out) {
+  ckt_url u;
+  memset(&u, 0, sizeof(u));
+  if (!p || !host_port || !service || !out ||
+      strlen(host_port) >= sizeof(u.host_port) ||
+      strlen(service) >= sizeof(u.service)) {
+    ckt_fragment_free(first);
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  snprintf(u.host_port, sizeof(u.host_port), "%s", host_port);
+  snprintf(u.service, sizeof(u.service), "%s", service);
+  /* The zero peer ID asks the remote for its running instance. */
+  return open_to(p, &u, name, first, circuit_user, out);
+}
+
 int ckt_circuit_open_sibling(ckt_circuit *c, const char *name,
                              ckt_fragment *first, void *circuit_user,
                              ckt_circuit **out) {
@@ -536,6 +568,16 @@ int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body) {
     ckt_fragment_free(f);
     circuit_end(c, why, 1);
     return 0x11;
+  }
+  if (memcmp(c->remote_id, zero_id, CKT_PEER_ID_LEN) == 0 &&
+      memcmp(f->from_peer, zero_id, CKT_PEER_ID_LEN) != 0) {
+    /* A prefer-extant circuit learns which instance answered. */
+    ckt_url u;
+    memcpy(c->remote_id, f->from_peer, CKT_PEER_ID_LEN);
+    if (ckt_url_parse(c->remote_url, &u) == CKT_OK) {
+      memcpy(u.peer_id, c->remote_id, CKT_PEER_ID_LEN);
+      ckt_url_format(&u, c->remote_url, sizeof(c->remote_url));
+    }
   }
   switch (f->type) {
   case CKT_FRAG_DATA:
@@ -723,6 +765,16 @@ static int serve_start(ckt_node *n, const ckt_message *req, ckt_message *reply,
     snprintf(why, sizeof(why), "no peer service '%s' on this node", service);
     ckt_message_set_err(reply, why);
     ckt_message_set_arg(reply, "ckt.status", "no-service");
+    return -1;
+  }
+  if (rv == CKT_ERR_LIMIT) {
+    char text[CKT_PEER_URL_MAX + 128];
+    snprintf(text, sizeof(text),
+             "service '%s' is limited to its running instances here; use %s",
+             service, ckt_peer_url(p));
+    ckt_message_set_err(reply, text);
+    ckt_message_set_arg(reply, "ckt.status", "limit");
+    ckt_message_set_arg(reply, "existing", ckt_peer_url(p));
     return -1;
   }
   if (rv != CKT_OK) {

@@ -1064,8 +1064,10 @@ static void finish_reply(call_t *c, ckt_message *m) {
   int err = CKT_OK;
   if (m->type == CKT_MSG_ERROR) {
     const char *st = ckt_message_get_arg(m, "ckt.status");
-    err = st && strcmp(st, "no-service") == 0 ? CKT_ERR_NO_SERVICE
-                                              : CKT_ERR_REMOTE;
+    err = !st                             ? CKT_ERR_REMOTE
+          : strcmp(st, "no-service") == 0 ? CKT_ERR_NO_SERVICE
+          : strcmp(st, "limit") == 0      ? CKT_ERR_LIMIT
+                                          : CKT_ERR_REMOTE;
   } else if (m->type != CKT_MSG_REPLY || m->call_id != c->id) {
     ckt_message_free(m);
     call_finish(c, CKT_ERR_CONNECTION, NULL,

@@ -45,6 +45,8 @@ struct ckt_circuit {
   ckt_buf pending; /* frames written before the stream existed */
   uint64_t serial;
   int want_writable;
+  int stalled;   /* its reader fell behind: received bytes are owed */
+  uint64_t owed; /* stream credit withheld while stalled */
   void *user;
   ckt_circuit *p_next, *p_prev;   /* in p->circuits */
   ckt_circuit *pc_next, *pc_prev; /* in pc->circuits */
@@ -336,6 +338,9 @@ void circuit_pump(pconn *pc) {
       c->stream = NULL;
       return; /* the stream limit: streams_available brings us back */
     }
+    /* Credit follows consumption: a circuit whose reader stalls holds
+     * back only itself (QUIC stream flow control). */
+    ckt_stream_set_manual_credit(c->stream, 1);
     if (c->pending.len && ckt_stream_write(c->stream, c->pending.data,
                                            c->pending.len, 0) != CKT_OK) {
       ckt_stream_set_user(c->stream, NULL);
@@ -480,7 +485,7 @@ static void refuse(ckt_node *n, ckt_stream *s, const ckt_fragment *open,
 }
 
 void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
-                    ckt_fragment *open) {
+                    ckt_fragment *open, uint64_t open_bytes) {
   ckt_peer_service svc;
   ckt_peer *p;
   ckt_circuit *c;
@@ -538,10 +543,13 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
   c->stream = s;
   circuit_link(c, p, pc);
   ckt_stream_set_user(s, c);
+  ckt_stream_set_manual_credit(s, 1);
+  (void)open_bytes; /* the node credits the whole first chunk */
   if (p->svc.circuit_new && p->svc.circuit_new(p, c, open, p->user) != 0) {
     circuit_unlink(c);
     c->stream = NULL;
     refuse(n, s, open, "the peer refused the circuit");
+    ckt_stream_set_manual_credit(s, 0);
     ckt_buf_free(&c->pending);
     free(c);
   }
@@ -581,12 +589,10 @@ int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body) {
   }
   switch (f->type) {
   case CKT_FRAG_DATA:
-    if (p->svc.fragment) {
-      p->svc.fragment(p, c, f, p->user);
-    }
-    break;
   case CKT_FRAG_ERROR:
-    if (p->svc.error) {
+    if (f->type == CKT_FRAG_DATA && p->svc.fragment) {
+      p->svc.fragment(p, c, f, p->user);
+    } else if (f->type == CKT_FRAG_ERROR && p->svc.error) {
       p->svc.error(p, c, f, p->user);
     }
     break;
@@ -845,5 +851,29 @@ int ckt_node_start_remote_peer(ckt_node *n, const char *host_port,
       free(j); /* done will not run */
     }
     return rv;
+  }
+}
+
+/* ---- stream credit ------------------------------------------------------- */
+
+/* Bytes arrived on c's stream: give them back to the stream's window at
+ * once, unless c's reader has fallen behind (then they are owed until it
+ * catches up, and QUIC holds back this circuit only). */
+void circuit_received(rxstate *rx, uint64_t n) {
+  ckt_circuit *c = (ckt_circuit *)rx;
+  if (c->stalled) {
+    c->owed += n;
+  } else if (c->stream) {
+    ckt_stream_credit(c->stream, n);
+  }
+}
+
+void circuit_set_stalled(ckt_circuit *c, int on) {
+  c->stalled = on;
+  if (!on && c->owed) {
+    if (c->stream) {
+      ckt_stream_credit(c->stream, c->owed);
+    }
+    c->owed = 0;
   }
 }

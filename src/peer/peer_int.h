@@ -112,7 +112,7 @@ int node_peer_service(ckt_node *n, const char *name, ckt_peer_service *svc,
 
 /* peer_circuit.c: the node hands circuit events over. */
 void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
-                    ckt_fragment *open);
+                    ckt_fragment *open, uint64_t open_bytes);
 int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body);
 void circuit_on_stream_closed(rxstate *rx, uint64_t app_error);
 void circuit_pump(pconn *pc);
@@ -120,5 +120,10 @@ void circuit_conn_lost(pconn *pc, const char *why);
 void circuit_writable(ckt_stream *s, rxstate *rx);
 void circuit_stop_all(ckt_node *n);
 void circuit_register_builtin(ckt_node *n);
+/* Stream credit of circuits: the node reports every received chunk; a
+ * circuit whose reader fell behind (the thread-facing layer's queue is
+ * full) keeps it owed until the reader catches up. */
+void circuit_received(rxstate *rx, uint64_t n);
+void circuit_set_stalled(ckt_circuit *c, int on);
 
 #endif

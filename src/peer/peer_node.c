@@ -1131,8 +1131,11 @@ static int on_open(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
     inbound_drop(conn, s, rx, unread);
     return APP_MALFORMED;
   }
-  node_rx_credit(conn, rx);
-  circuit_accept(n, pc, s, rx, f); /* frees rx: the circuit takes over */
+  {
+    uint64_t open_bytes = rx->credit;
+    node_rx_credit(conn, rx);
+    circuit_accept(n, pc, s, rx, f, open_bytes); /* frees rx */
+  }
   return 0;
 }
 
@@ -1141,7 +1144,12 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
   ckt_node *n = user;
   rxstate *rx = ckt_stream_user(s);
   pconn *pc = ckt_conn_user(conn);
+  size_t chunk = len;
+  int was_circuit = rx && rx->kind == RX_CIRCUIT;
   (void)fin;
+  if (was_circuit) {
+    circuit_received(rx, len); /* stream credit, unless its reader lags */
+  }
   while (rx && len > 0) {
     ckt_message *m = NULL;
     ckt_buf body;
@@ -1193,6 +1201,10 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
   }
   if (!rx && len > 0) {
     ckt_conn_credit(conn, len); /* a stream we gave up on: discard */
+  }
+  if (!was_circuit && rx && rx->kind == RX_CIRCUIT) {
+    /* This chunk opened the circuit (its stream credit is manual now). */
+    circuit_received(rx, chunk);
   }
   return 0;
 }

@@ -39,7 +39,8 @@ struct ckt_stream {
   uint64_t sent_off;   /* bytes handed to ngtcp2 */
   uint64_t queued_off; /* bytes queued by the caller */
   uint64_t acked_off;  /* bytes the peer acknowledged */
-  unsigned fin_queued : 1, fin_sent : 1, in_pending : 1, write_closed : 1;
+  unsigned fin_queued : 1, fin_sent : 1, in_pending : 1, write_closed : 1,
+      manual_credit : 1;
   ckt_stream *pend_next, *pend_prev;
   ckt_stream *next, *prev; /* every stream of the connection */
 };
@@ -697,7 +698,9 @@ static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid,
       schedule_flush(c);
     }
   }
-  ngtcp2_conn_extend_max_stream_offset(q, sid, len);
+  if (!s->manual_credit) {
+    ngtcp2_conn_extend_max_stream_offset(q, sid, len);
+  }
   if (!ep->cfg.manual_conn_credit) {
     ngtcp2_conn_extend_max_offset(q, len);
   }
@@ -1451,6 +1454,19 @@ void ckt_stream_reset(ckt_stream *s, uint64_t app_error) {
   s->write_closed = 1;
   pending_remove(s);
   ngtcp2_conn_shutdown_stream(c->q, s->id, app_error ? app_error : 1);
+  schedule_flush(c);
+}
+
+void ckt_stream_set_manual_credit(ckt_stream *s, int on) {
+  s->manual_credit = on ? 1 : 0;
+}
+
+void ckt_stream_credit(ckt_stream *s, uint64_t n) {
+  ckt_conn *c = s->conn;
+  if (c->dead || c->notified || n == 0) {
+    return;
+  }
+  ngtcp2_conn_extend_max_stream_offset(c->q, s->id, n);
   schedule_flush(c);
 }
 

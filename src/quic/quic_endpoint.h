@@ -149,6 +149,11 @@ int ckt_conn_open_stream(ckt_conn *c, int bidi, void *user, ckt_stream **out);
 int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin);
 /* Aborts both directions with app_error (nonzero). */
 void ckt_stream_reset(ckt_stream *s, uint64_t app_error);
+/* With manual credit on, bytes received on s are not credited back to its
+ * flow-control window until the owner calls ckt_stream_credit(): a reader
+ * that stops consuming stalls this stream only. */
+void ckt_stream_set_manual_credit(ckt_stream *s, int on);
+void ckt_stream_credit(ckt_stream *s, uint64_t n);
 void *ckt_stream_user(const ckt_stream *s);
 void ckt_stream_set_user(ckt_stream *s, void *user);
 ckt_conn *ckt_stream_conn(const ckt_stream *s);

@@ -151,6 +151,50 @@ CKT_EXTERN const char *ckt_circuit_id(const ckt_circuit *c);
 CKT_EXTERN const char *ckt_circuit_remote_url(const ckt_circuit *c);
 CKT_EXTERN ckt_peer *ckt_circuit_peer(const ckt_circuit *c);
 
+/* ---- for a program's own threads ---------------------------------------- */
+
+/* A peer driven from ordinary threads: blocking reads with timeouts, in
+ * the seed's channel style.  Every function below may be called from any
+ * thread except the node's loop.  Each circuit has a bounded inbox; a
+ * reader that falls behind holds back that circuit's sender only (QUIC
+ * flow control), never the other circuits. */
+typedef struct ckt_tpeer ckt_tpeer;
+typedef struct ckt_tcircuit ckt_tcircuit;
+
+/* Registers `service` for thread-driven peers (replacing its callbacks)
+ * and starts one peer of it.  CKT_OK, CKT_ERR_INVALID_ARGUMENT,
+ * CKT_ERR_LIMIT, CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_tpeer_start(ckt_node *n, const char *service,
+                               ckt_tpeer **out);
+CKT_EXTERN const char *ckt_tpeer_url(const ckt_tpeer *tp);
+/* Stops the peer (its circuits close, remote ends told) and frees it.
+ * Close the tcircuits you hold first. */
+CKT_EXTERN void ckt_tpeer_stop(ckt_tpeer *tp);
+/* Opens a circuit to the peer at url (first is taken).  CKT_OK, or the
+ * codes of ckt_peer_open_circuit(). */
+CKT_EXTERN int ckt_tpeer_open(ckt_tpeer *tp, const char *url, const char *name,
+                              ckt_fragment *first, ckt_tcircuit **out);
+/* Waits for the next circuit a remote peer opened to tp; timeout_ms < 0
+ * waits forever.  CKT_OK, CKT_ERR_TIMEOUT. */
+CKT_EXTERN int ckt_tpeer_accept(ckt_tpeer *tp, int timeout_ms,
+                                ckt_tcircuit **out);
+/* Sends a fragment (taken) / an error fragment.  CKT_OK, CKT_ERR_AGAIN
+ * (the circuit's send queue is full: try again later), CKT_ERR_TOO_LARGE,
+ * CKT_ERR_CLOSED. */
+CKT_EXTERN int ckt_tcircuit_send(ckt_tcircuit *tc, ckt_fragment *f);
+CKT_EXTERN int ckt_tcircuit_send_error(ckt_tcircuit *tc, const char *err);
+/* Waits for the next fragment (data, or an error one: type CKT_FRAG_ERROR)
+ * in order; free it with ckt_fragment_free().  CKT_OK, CKT_ERR_TIMEOUT,
+ * CKT_ERR_CLOSED (closed and nothing left: see ckt_tcircuit_reason()). */
+CKT_EXTERN int ckt_tcircuit_recv(ckt_tcircuit *tc, int timeout_ms,
+                                 ckt_fragment **out);
+/* The circuit's name (as the opener gave it). */
+CKT_EXTERN const char *ckt_tcircuit_name(const ckt_tcircuit *tc);
+/* Why the circuit closed, or NULL while it is open. */
+CKT_EXTERN const char *ckt_tcircuit_reason(const ckt_tcircuit *tc);
+/* Closes (telling the remote end) and releases the handle. */
+CKT_EXTERN void ckt_tcircuit_close(ckt_tcircuit *tc, const char *reason);
+
 typedef struct ckt_url {
   char host_port[CKT_MESSAGE_ADDR_MAX + 1];
   char service[CKT_MESSAGE_SERVICE_MAX + 1];

@@ -120,5 +120,22 @@ else
   not_ok "the second samesame answered calls from the first one's port"
 fi
 
+# -- the example peer service ---------------------------------------------------
+"$bin/peerecho/peerecho" -serve -addr 127.0.0.1:0 >"$work/pe.log" 2>&1 &
+pids="$pids $!"
+pe=""
+for _ in $(seq 100); do
+  pe=$(sed -n 's/^peerecho: serving peer service .echo. on \(.*\)$/\1/p' "$work/pe.log")
+  [ -n "$pe" ] && break
+  sleep 0.05
+done
+expect "peerecho: fragments echo over 10 circuits" 0 \
+  "2000 fragments of 64 bytes echoed over 10 circuit(s)" \
+  "$bin/peerecho/peerecho" -to "$pe" -n 2000 -circuits 10
+expect "peerecho: the server-role node opens a circuit to the client's peer" 0 \
+  "the server opened a circuit to this client's peer" \
+  "$bin/peerecho/peerecho" -to "$pe" -n 10
+expect "peerecho needs a side" 2 "give -serve" "$bin/peerecho/peerecho"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -174,6 +174,13 @@ static ckt_node *node(int serve, seen *s, char *addr, size_t n) {
     solo.max_instances = 1;
     cr_assert_eq(ckt_node_register_peer_service(nd, "solo", &solo, s), CKT_OK);
   }
+  {
+    /* "versioned" is version 2 on servers and 3 on clients. */
+    ckt_peer_service v = recorder;
+    v.version = serve ? 2 : 3;
+    cr_assert_eq(ckt_node_register_peer_service(nd, "versioned", &v, s),
+                 CKT_OK);
+  }
   cr_assert_eq(ckt_node_start(nd), CKT_OK);
   if (addr) {
     ckt_node_address(nd, addr, n);
@@ -231,6 +238,15 @@ static ckt_fragment *frag(const char *text, int64_t part) {
   cr_assert_not_null(f);
   cr_assert_eq(ckt_fragment_set_payload(f, text, strlen(text)), CKT_OK);
   f->part = part;
+  return f;
+}
+
+static ckt_fragment *sized_local(size_t n) {
+  ckt_fragment *f = ckt_fragment_new();
+  uint8_t *p = calloc(1, n);
+  cr_assert_not_null(p);
+  cr_assert_eq(ckt_fragment_set_payload(f, p, n), CKT_OK);
+  free(p);
   return f;
 }
 
@@ -755,6 +771,101 @@ Test(peer, a_stalled_reader_holds_back_only_its_own_circuit) {
   ckt_tcircuit_close(fast_a, NULL);
   ckt_tpeer_stop(a);
   ckt_tpeer_stop(b);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+static void do_start_versioned(job *j) {
+  j->rv = ckt_node_start_peer(j->n, "versioned", &j->peer);
+}
+
+static void do_open_versioned(job *j) {
+  j->rv = ckt_peer_open_circuit_extant(j->peer, j->text, "versioned", "v",
+                                       frag("x", 0), NULL, &j->circuit);
+}
+
+Test(peer, a_version_mismatch_is_refused_naming_both_versions) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  on_loop(cli, &j, do_start_versioned);
+  cr_assert_eq(j.rv, CKT_OK, "%d %s", j.rv, ckt_strerror(j.rv));
+  j.text = saddr;
+  on_loop(cli, &j, do_open_versioned);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 1), 1);
+  cr_assert(strstr(cs.last_reason, "version 2") &&
+                strstr(cs.last_reason, "version 3"),
+            "%s", cs.last_reason);
+  cr_assert_eq(ss.opened, 0);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+/* Callback-mode senders: a full queue says "again", then writable. */
+typedef struct pump {
+  int again, writable, sent;
+} pump;
+
+static pump pump_state;
+
+static void pump_writable(ckt_peer *p, ckt_circuit *c, void *user) {
+  (void)p, (void)c, (void)user;
+  __atomic_add_fetch(&pump_state.writable, 1, __ATOMIC_SEQ_CST);
+}
+
+static void do_flood(job *j) {
+  int i;
+  for (i = 0; i < 200; ++i) {
+    int rv = ckt_circuit_send(j->circuit, sized_local(64 * 1024));
+    if (rv == CKT_ERR_AGAIN) {
+      pump_state.again = 1;
+      return;
+    }
+    pump_state.sent++;
+  }
+}
+
+Test(peer, a_full_send_queue_says_again_then_writable) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_node_config cfg;
+  ckt_peer_service svc = recorder;
+  job j, k;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  ckt_node_config_init(&cfg);
+  cfg.listen = "127.0.0.1:0";
+  cfg.cert_dir = getenv("CKT_TEST_CERTS");
+  cr_assert_eq(ckt_node_new(&cfg, &cli), CKT_OK);
+  svc.writable = pump_writable;
+  cr_assert_eq(ckt_node_register_peer_service(cli, "chat", &svc, &cs), CKT_OK);
+  cr_assert_eq(ckt_node_start(cli), CKT_OK);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 1), 1);
+  on_loop(cli, &j, do_flood);
+  cr_assert(pump_state.again, "sent %d without a full queue", pump_state.sent);
+  cr_assert_leq(pump_state.sent, 17, "the queue holds about 1 MiB");
+  for (int i = 0;
+       i < 100 && !__atomic_load_n(&pump_state.writable, __ATOMIC_SEQ_CST);
+       ++i) {
+    usleep(50 * 1000);
+  }
+  cr_assert_gt(pump_state.writable, 0, "no writable after the queue drained");
+  cr_assert_eq(wait_for(&ss, &ss.fragments, 1 + pump_state.sent),
+               1 + pump_state.sent, "nothing was dropped");
   ckt_node_free(cli);
   ckt_node_free(srv);
 }

@@ -71,6 +71,10 @@ typedef struct ckt_peer_service {
    * limit).  Starting one more fails with CKT_ERR_LIMIT, naming the URL of
    * a running one. */
   unsigned max_instances;
+  /* The service's version (0: unversioned).  Circuits carry the opener's
+   * version; a receiver with another nonzero version refuses them,
+   * saying both. */
+  unsigned version;
 } ckt_peer_service;
 
 /* Registers a service that peers can be started for, here or by remote

@@ -17,6 +17,7 @@
 
 #define APP_CIRCUIT_GONE 0x12 /* the other end of a circuit is gone */
 #define FROM_SERVICE_ARG "ckt.from_service"
+#define VERSION_ARG "ckt.service_version"
 
 struct ckt_peer {
   ckt_node *n;
@@ -395,6 +396,13 @@ static int open_to(ckt_peer *p, const ckt_url *u, const char *name,
           CKT_OK) {
     goto done;
   }
+  if (p->svc.version) {
+    char v[16];
+    snprintf(v, sizeof(v), "%u", p->svc.version);
+    if ((rv = ckt_fragment_set_arg(open, VERSION_ARG, v)) != CKT_OK) {
+      goto done;
+    }
+  }
   circuit_link(c, p, pc);
   rv = circuit_write(c, open, 0, 1);
   if (rv == CKT_OK && first) {
@@ -503,6 +511,19 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
     refuse(n, s, open, why);
     ckt_fragment_free(open);
     return;
+  }
+  {
+    const char *v = ckt_fragment_get_arg(open, VERSION_ARG);
+    unsigned theirs = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+    if (theirs && svc.version && theirs != svc.version) {
+      snprintf(why, sizeof(why),
+               "service '%s' is version %u on %s; the opener speaks version "
+               "%u",
+               open->service, svc.version, n->address, theirs);
+      refuse(n, s, open, why);
+      ckt_fragment_free(open);
+      return;
+    }
   }
   if (memcmp(open->to_peer, zero_id, CKT_PEER_ID_LEN) == 0) {
     p = peer_find(n, open->service, NULL); /* any instance, else a new one */

@@ -171,8 +171,8 @@ typedef struct ckt_tcircuit ckt_tcircuit;
 CKT_EXTERN int ckt_tpeer_start(ckt_node *n, const char *service,
                                ckt_tpeer **out);
 CKT_EXTERN const char *ckt_tpeer_url(const ckt_tpeer *tp);
-/* Stops the peer (its circuits close, remote ends told) and frees it.
- * Close the tcircuits you hold first. */
+/* Stops the peer (its circuits close, remote ends told) and releases it.
+ * tcircuits still held stay valid (closed) until ckt_tcircuit_close(). */
 CKT_EXTERN void ckt_tpeer_stop(ckt_tpeer *tp);
 /* Opens a circuit to the peer at url (first is taken).  CKT_OK, or the
  * codes of ckt_peer_open_circuit(). */

@@ -46,7 +46,7 @@ struct ckt_tpeer {
   pthread_cond_t cv;
   ckt_tcircuit *accept_head, *accept_tail;
   char url[CKT_PEER_URL_MAX];
-  int stopped;
+  int refs; /* the program's, and one per tcircuit (under mu) */
 };
 
 /* ---- waiting on the loop ------------------------------------------------- */
@@ -119,6 +119,18 @@ static int wait_until(ckt_tpeer *tp, int timed, const struct timespec *until) {
   return pthread_cond_timedwait(&tp->cv, &tp->mu, until);
 }
 
+static void tp_unref(ckt_tpeer *tp) {
+  int last;
+  pthread_mutex_lock(&tp->mu);
+  last = --tp->refs == 0;
+  pthread_mutex_unlock(&tp->mu);
+  if (last) {
+    pthread_cond_destroy(&tp->cv);
+    pthread_mutex_destroy(&tp->mu);
+    free(tp);
+  }
+}
+
 static void tc_unref(ckt_tcircuit *tc) {
   ckt_tpeer *tp = tc->tp;
   int last;
@@ -133,6 +145,7 @@ static void tc_unref(ckt_tcircuit *tc) {
       free(it);
     }
     free(tc);
+    tp_unref(tp); /* a tcircuit keeps its tpeer's memory alive */
   }
 }
 
@@ -144,6 +157,9 @@ static ckt_tcircuit *tc_new(ckt_tpeer *tp, ckt_circuit *c) {
     tc->tp = tp;
     tc->c = c;
     tc->refs = 2;
+    pthread_mutex_lock(&tp->mu);
+    tp->refs++;
+    pthread_mutex_unlock(&tp->mu);
     snprintf(tc->name, sizeof(tc->name), "%s", ckt_circuit_name(c));
     ckt_circuit_set_user(c, tc);
   }
@@ -246,6 +262,7 @@ int ckt_tpeer_start(ckt_node *n, const char *service, ckt_tpeer **out) {
     return CKT_ERR_NOMEM;
   }
   tp->n = n;
+  tp->refs = 1;
   pthread_mutex_init(&tp->mu, NULL);
   pthread_cond_init(&tp->cv, NULL);
   rv = ckt_node_register_peer_service(n, service, &thread_service, tp);
@@ -284,14 +301,17 @@ void ckt_tpeer_stop(ckt_tpeer *tp) {
   if (on_loop_wait(tp->n, &j, do_stop) != CKT_OK) {
     /* The loop is gone: the node already stopped every peer. */
   }
+  pthread_mutex_lock(&tp->mu);
   while (tp->accept_head) {
     ckt_tcircuit *tc = tp->accept_head;
     tp->accept_head = tc->accept_next;
+    pthread_mutex_unlock(&tp->mu);
     tc_unref(tc); /* never handed to the program */
+    pthread_mutex_lock(&tp->mu);
   }
-  pthread_cond_destroy(&tp->cv);
-  pthread_mutex_destroy(&tp->mu);
-  free(tp);
+  tp->accept_tail = NULL;
+  pthread_mutex_unlock(&tp->mu);
+  tp_unref(tp); /* freed once the tcircuits still held are closed too */
 }
 
 /* ---- circuits ------------------------------------------------------------ */

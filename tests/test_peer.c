@@ -869,3 +869,96 @@ Test(peer, a_full_send_queue_says_again_then_writable) {
   ckt_node_free(cli);
   ckt_node_free(srv);
 }
+
+/* ---- regressions from review -------------------------------------------- */
+
+static void do_open_many(job *j) {
+  int i;
+  for (i = 0; i < j->count; ++i) {
+    ckt_circuit *c;
+    j->rv = ckt_peer_open_circuit(j->peer, j->url, "x", frag("x", 0), NULL, &c);
+    if (j->rv != CKT_OK) {
+      return;
+    }
+  }
+}
+
+static int echo_call(ckt_node *n, const ckt_message *req, ckt_message *reply,
+                     void *user) {
+  (void)n, (void)user;
+  return ckt_message_set_payload(reply, req->payload, req->payload_len);
+}
+
+Test(peer, refused_circuits_give_their_streams_back) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_message *req, *reply = NULL;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  ckt_node_register_call(srv, "echo", echo_call, NULL);
+  memset(&j, 0, sizeof(j));
+  on_loop(cli, &j, do_start);
+  /* More refused circuits than the connection has stream slots (1024). */
+  snprintf(j.url, sizeof(j.url),
+           "ckt://%s/chat/0123456789abcdef0123456789abcdef", saddr);
+  j.count = 1100;
+  on_loop(cli, &j, do_open_many);
+  cr_assert_eq(j.rv, CKT_OK);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 1100), 1100);
+  req = ckt_message_new();
+  ckt_message_set_service(req, "echo");
+  cr_assert_eq(ckt_node_call(cli, saddr, req, 5000, &reply), CKT_OK,
+               "the connection still has streams for a call");
+  ckt_message_free(reply);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(peer, a_stopping_node_says_peer_stopped_to_remote_ends) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  job j, k;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  on_loop(cli, &j, do_open);
+  cr_assert_eq(wait_for(&ss, &ss.opened, 1), 1);
+  ckt_node_free(srv);
+  cr_assert_eq(wait_for(&cs, &cs.closed, 1), 1);
+  cr_assert_str_eq(cs.last_reason, "peer stopped");
+  ckt_node_free(cli);
+}
+
+Test(peer, a_stopped_thread_peer_leaves_no_service_behind) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_tpeer *a;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  cr_assert_eq(ckt_tpeer_start(srv, "tchat", &a), CKT_OK);
+  ckt_tpeer_stop(a);
+  memset(&j, 0, sizeof(j));
+  on_loop(cli, &j, do_start);
+  j.text = saddr;
+  j.rv = ckt_peer_open_circuit_extant(NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+  cr_assert_eq(j.rv, CKT_ERR_INVALID_ARGUMENT);
+  remote_start(cli, saddr, "tchat", &j);
+  cr_assert_eq(j.rv, CKT_ERR_NO_SERVICE, "%s", j.url);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}

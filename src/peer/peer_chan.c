@@ -46,6 +46,7 @@ struct ckt_tpeer {
   pthread_cond_t cv;
   ckt_tcircuit *accept_head, *accept_tail;
   char url[CKT_PEER_URL_MAX];
+  char service[CKT_MESSAGE_SERVICE_MAX + 1];
   int refs; /* the program's, and one per tcircuit (under mu) */
 };
 
@@ -186,6 +187,19 @@ static int t_circuit_new(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
   return 0;
 }
 
+/* What a queued fragment costs in memory, roughly: all its variable
+ * fields, not just the payload. */
+static size_t fragment_bytes(const ckt_fragment *f) {
+  size_t n = f->payload_len + strlen(f->subject ? f->subject : "") +
+             strlen(f->err ? f->err : "") +
+             strlen(f->service ? f->service : "") + 64,
+         i;
+  for (i = 0; i < f->nargs; ++i) {
+    n += strlen(f->args[i].key) + strlen(f->args[i].value) + 8;
+  }
+  return n;
+}
+
 static void t_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
                        void *user) {
   ckt_tpeer *tp = user;
@@ -206,7 +220,7 @@ static void t_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
   }
   tc->tail = it;
   tc->count++;
-  tc->bytes += f->payload_len;
+  tc->bytes += fragment_bytes(f);
   if (!tc->stalled &&
       (tc->count >= INBOX_MAX_FRAGMENTS || tc->bytes >= INBOX_MAX_BYTES)) {
     tc->stalled = 1;
@@ -233,7 +247,19 @@ static void t_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
   tc_unref(tc); /* the loop's reference */
 }
 
+/* The peer is going away (ckt_tpeer_stop, or the whole node stopping):
+ * jobs posted later must not touch it, and waiting acceptors wake. */
+static void t_stopping(ckt_peer *p, void *user) {
+  ckt_tpeer *tp = user;
+  (void)p;
+  pthread_mutex_lock(&tp->mu);
+  tp->p = NULL;
+  pthread_cond_broadcast(&tp->cv);
+  pthread_mutex_unlock(&tp->mu);
+}
+
 static const ckt_peer_service thread_service = {
+    .stopping = t_stopping,
     .circuit_new = t_circuit_new,
     .fragment = t_fragment,
     .error = t_fragment, /* error fragments queue in order too */
@@ -263,6 +289,7 @@ int ckt_tpeer_start(ckt_node *n, const char *service, ckt_tpeer **out) {
   }
   tp->n = n;
   tp->refs = 1;
+  snprintf(tp->service, sizeof(tp->service), "%s", service);
   pthread_mutex_init(&tp->mu, NULL);
   pthread_cond_init(&tp->cv, NULL);
   rv = ckt_node_register_peer_service(n, service, &thread_service, tp);
@@ -287,7 +314,11 @@ const char *ckt_tpeer_url(const ckt_tpeer *tp) {
 }
 
 static void do_stop(sync_job *j) {
-  ckt_peer_stop(j->tp->p);
+  ckt_tpeer *tp = j->tp;
+  if (tp->p) {
+    ckt_peer_stop(tp->p); /* t_stopping clears tp->p */
+  }
+  node_unregister_peer_service(tp->n, tp->service, tp);
   j->rv = CKT_OK;
 }
 
@@ -318,6 +349,10 @@ void ckt_tpeer_stop(ckt_tpeer *tp) {
 
 static void do_open(sync_job *j) {
   ckt_circuit *c;
+  if (!j->tp->p) {
+    j->rv = CKT_ERR_CLOSED;
+    return; /* the caller frees j->f */
+  }
   j->rv = ckt_peer_open_circuit(j->tp->p, j->text, j->text2, j->f, NULL, &c);
   j->f = NULL;
   if (j->rv == CKT_OK) {
@@ -353,6 +388,10 @@ int ckt_tpeer_accept(ckt_tpeer *tp, int timeout_ms, ckt_tcircuit **out) {
   int timed = deadline_of(timeout_ms, &until), rv = CKT_OK;
   pthread_mutex_lock(&tp->mu);
   while (!tp->accept_head) {
+    if (!tp->p) {
+      rv = CKT_ERR_CLOSED; /* the peer stopped */
+      break;
+    }
     if (wait_until(tp, timed, &until) != 0) {
       rv = CKT_ERR_TIMEOUT;
       break;
@@ -406,10 +445,13 @@ int ckt_tcircuit_send_error(ckt_tcircuit *tc, const char *err) {
 static void do_unstall(void *arg) {
   ckt_tcircuit *tc = arg;
   ckt_circuit *c;
+  int still_behind;
   pthread_mutex_lock(&tc->tp->mu);
   c = tc->c;
+  /* The inbox may have filled again since the reader posted this. */
+  still_behind = tc->stalled;
   pthread_mutex_unlock(&tc->tp->mu);
-  if (c) {
+  if (c && !still_behind) {
     circuit_set_stalled(c, 0);
   }
   tc_unref(tc);
@@ -434,7 +476,7 @@ int ckt_tcircuit_recv(ckt_tcircuit *tc, int timeout_ms, ckt_fragment **out) {
       tc->tail = NULL;
     }
     tc->count--;
-    tc->bytes -= it->f->payload_len;
+    tc->bytes -= fragment_bytes(it->f);
     /* Below half the limits, the sender may go on. */
     if (tc->stalled && tc->count <= INBOX_MAX_FRAGMENTS / 2 &&
         tc->bytes <= INBOX_MAX_BYTES / 2) {

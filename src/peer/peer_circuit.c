@@ -47,6 +47,8 @@ struct ckt_circuit {
   uint64_t serial;
   int want_writable;
   int stalled;   /* its reader fell behind: received bytes are owed */
+  int accepting; /* inside circuit_new: circuit_end must not free it */
+  int ended;
   uint64_t owed; /* stream credit withheld while stalled */
   void *user;
   ckt_circuit *p_next, *p_prev;   /* in p->circuits */
@@ -262,10 +264,21 @@ static void circuit_unlink(ckt_circuit *c) {
  * any) forgets it; what still arrives there is discarded. */
 static void circuit_end(ckt_circuit *c, const char *reason, int remote) {
   ckt_peer *p = c->p;
+  if (c->ended) {
+    return;
+  }
+  c->ended = 1;
   if (c->stream) {
     if (c->pc && c->pc->conn) {
       node_rx_credit(c->pc->conn, &c->rx);
     }
+    /* Whatever still comes is discarded: the stream's window must not
+     * stay shut on it, or the stream never ends. */
+    if (c->owed) {
+      ckt_stream_credit(c->stream, c->owed);
+      c->owed = 0;
+    }
+    ckt_stream_set_manual_credit(c->stream, 0);
     ckt_stream_set_user(c->stream, NULL);
   }
   circuit_unlink(c);
@@ -274,7 +287,41 @@ static void circuit_end(ckt_circuit *c, const char *reason, int remote) {
   }
   node_rx_clear(&c->rx);
   ckt_buf_free(&c->pending);
-  free(c);
+  if (!c->accepting) {
+    free(c); /* else circuit_accept frees it when circuit_new returns */
+  }
+}
+
+void circuit_malformed(rxstate *rx, const char *what) {
+  char why[128];
+  snprintf(why, sizeof(why), "malformed frame from the remote end (%s)", what);
+  circuit_end((ckt_circuit *)rx, why, 1);
+}
+
+void circuit_adopt(pconn *to, pconn *from) {
+  ckt_circuit *c = from->circuits, *next;
+  for (; c; c = next) {
+    next = c->pc_next;
+    if (c->stream) {
+      continue;
+    }
+    /* unlink from `from` */
+    if (c->pc_prev) {
+      c->pc_prev->pc_next = c->pc_next;
+    } else {
+      from->circuits = c->pc_next;
+    }
+    if (c->pc_next) {
+      c->pc_next->pc_prev = c->pc_prev;
+    }
+    c->pc = to;
+    c->pc_prev = NULL;
+    c->pc_next = to->circuits;
+    if (to->circuits) {
+      to->circuits->pc_prev = c;
+    }
+    to->circuits = c;
+  }
 }
 
 static ckt_circuit *circuit_new(ckt_peer *p) {
@@ -297,7 +344,7 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
   memcpy(f->from_peer, c->p->id, CKT_PEER_ID_LEN);
   memcpy(f->to_peer, c->remote_id, CKT_PEER_ID_LEN);
   memcpy(f->circuit, c->id, CKT_PEER_ID_LEN);
-  f->serial = ++c->serial;
+  f->serial = c->serial + 1;
   if (f->payload_len > n->flim.max_payload) {
     return CKT_ERR_TOO_LARGE;
   }
@@ -316,6 +363,9 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
                             (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
     if (c->stream) {
       rv = ckt_stream_write(c->stream, b.data, b.len, fin);
+      if (rv == CKT_ERR_AGAIN) {
+        c->want_writable = 1; /* the connection's queue is full */
+      }
     } else if (!force && c->pending.len + b.len > CKT_CIRCUIT_QUEUE_MAX) {
       c->want_writable = 1;
       rv = CKT_ERR_AGAIN;
@@ -325,6 +375,9 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
     }
   }
   ckt_buf_free(&b);
+  if (rv == CKT_OK) {
+    c->serial++;
+  }
   return rv;
 }
 
@@ -566,13 +619,21 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
   ckt_stream_set_user(s, c);
   ckt_stream_set_manual_credit(s, 1);
   (void)open_bytes; /* the node credits the whole first chunk */
-  if (p->svc.circuit_new && p->svc.circuit_new(p, c, open, p->user) != 0) {
-    circuit_unlink(c);
-    c->stream = NULL;
-    refuse(n, s, open, "the peer refused the circuit");
-    ckt_stream_set_manual_credit(s, 0);
-    ckt_buf_free(&c->pending);
-    free(c);
+  if (p->svc.circuit_new) {
+    int refused;
+    c->accepting = 1;
+    refused = p->svc.circuit_new(p, c, open, p->user);
+    c->accepting = 0;
+    if (c->ended) {
+      free(c); /* the callback closed it (or stopped its peer) already */
+    } else if (refused) {
+      circuit_unlink(c);
+      c->stream = NULL;
+      ckt_stream_set_manual_credit(s, 0);
+      refuse(n, s, open, "the peer refused the circuit");
+      ckt_buf_free(&c->pending);
+      free(c);
+    }
   }
   ckt_fragment_free(open);
 }
@@ -625,9 +686,7 @@ int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body) {
     } else {
       snprintf(why, sizeof(why), "%s", f->err[0] ? f->err : "closed");
     }
-    if (f->type == CKT_FRAG_CLOSE) {
-      ckt_stream_write(s, NULL, 0, 1); /* our half ends too */
-    }
+    ckt_stream_write(s, NULL, 0, 1); /* our half ends too */
     circuit_end(c, why, 1);
     break;
   }
@@ -659,11 +718,22 @@ void circuit_conn_lost(pconn *pc, const char *why) {
 }
 
 void circuit_writable(ckt_stream *s, rxstate *rx) {
-  ckt_circuit *c = (ckt_circuit *)rx;
-  if (c->want_writable && ckt_stream_unacked(s) < CKT_CIRCUIT_QUEUE_MAX / 2) {
-    c->want_writable = 0;
-    if (c->p && c->p->svc.writable) {
-      c->p->svc.writable(c->p, c, c->p->user);
+  ckt_circuit *c = (ckt_circuit *)rx, *o, *next;
+  pconn *pc = c->pc;
+  (void)s;
+  /* Acks on any stream free connection-level room too: every circuit of
+   * the connection that waits for room and now has it hears so. */
+  for (o = pc ? pc->circuits : c; o; o = next) {
+    next = o->pc_next;
+    if (o->want_writable && o->stream &&
+        ckt_stream_unacked(o->stream) < CKT_CIRCUIT_QUEUE_MAX / 2) {
+      o->want_writable = 0;
+      if (o->p && o->p->svc.writable) {
+        o->p->svc.writable(o->p, o, o->p->user);
+      }
+    }
+    if (!pc) {
+      break;
     }
   }
 }
@@ -710,7 +780,9 @@ void ckt_circuit_close(ckt_circuit *c, const char *reason) {
     if (reason && ckt_fragment_set_err(f, reason) != CKT_OK) {
       ckt_fragment_set_err(f, "closed");
     }
-    circuit_write(c, f, 1, 1);
+    if (circuit_write(c, f, 1, 1) != CKT_OK && c->stream) {
+      ckt_stream_reset(c->stream, APP_CIRCUIT_GONE); /* still ends it */
+    }
     ckt_fragment_free(f);
   }
   circuit_end(c, reason, 0);

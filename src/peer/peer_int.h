@@ -116,9 +116,16 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
 int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body);
 void circuit_on_stream_closed(rxstate *rx, uint64_t app_error);
 void circuit_pump(pconn *pc);
+/* Moves circuits still waiting for a stream from `from` to `to`. */
+void circuit_adopt(pconn *to, pconn *from);
 void circuit_conn_lost(pconn *pc, const char *why);
 void circuit_writable(ckt_stream *s, rxstate *rx);
 void circuit_stop_all(ckt_node *n);
+/* A frame on a circuit's stream did not decode: the circuit ends. */
+void circuit_malformed(rxstate *rx, const char *what);
+/* Withdraws a peer service (a thread-driven peer went away). */
+void node_unregister_peer_service(ckt_node *n, const char *name,
+                                  const void *user);
 void circuit_register_builtin(ckt_node *n);
 /* Stream credit of circuits: the node reports every received chunk; a
  * circuit whose reader fell behind (the thread-facing layer's queue is

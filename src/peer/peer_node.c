@@ -841,6 +841,17 @@ int ckt_node_register_peer_service(ckt_node *n, const char *name,
   return CKT_OK;
 }
 
+void node_unregister_peer_service(ckt_node *n, const char *name,
+                                  const void *user) {
+  service_t *s;
+  pthread_mutex_lock(&n->mu);
+  s = service_find(n, name);
+  if (s && s->has_peer && s->peer_user == user) {
+    s->has_peer = 0;
+  }
+  pthread_mutex_unlock(&n->mu);
+}
+
 int node_peer_service(ckt_node *n, const char *name, ckt_peer_service *svc,
                       void **user) {
   service_t *s;
@@ -1003,7 +1014,8 @@ static void adopt_waiting(pconn *pc) {
       pc->ow_tail = w;
     }
     o->ow_tail = NULL;
-    if (!o->calls && o->conn) {
+    circuit_adopt(pc, o);
+    if (!o->calls && !o->circuits && o->conn) {
       ckt_conn_close(o->conn, 0, "superseded by another connection");
     }
   }
@@ -1192,6 +1204,9 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
         node_rx_credit(conn, rx);
         call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
                     "the peer sent a malformed reply");
+      } else if (rx->kind == RX_CIRCUIT) {
+        ckt_conn_credit(conn, len);
+        circuit_malformed(rx, ckt_strerror(rv)); /* both ends hear it */
       } else {
         inbound_drop(conn, s, rx, len);
       }
@@ -1519,7 +1534,9 @@ void ckt_node_run(ckt_node *n) {
 /* On the loop: fail what waits, close connections, end the loop. */
 static void stop_on_loop(void *arg) {
   ckt_node *n = arg;
-  circuit_stop_all(n); /* remote ends hear "peer stopped" first */
+  circuit_stop_all(n);       /* remote ends hear "peer stopped" first: */
+  ckt_endpoint_flush(n->ep); /* the CLOSE frames leave before the
+                                connections close */
   set_stopping(n);
   while (n->conns) {
     pconn *pc = n->conns;

@@ -19,7 +19,8 @@
  * encoded, also on error); fragments handed to callbacks belong to ckt
  * and live for the call.  Peers and circuits are owned by the node: a
  * circuit pointer is valid until its circuit_closed callback returns, a
- * peer pointer until its stopped callback returns.
+ * peer pointer until ckt_peer_stop() (or the node stopping) has run its
+ * stopping callback and closed its circuits.
  */
 #ifndef CKT_PEER_H
 #define CKT_PEER_H
@@ -120,7 +121,8 @@ CKT_EXTERN ckt_node *ckt_peer_node(const ckt_peer *p);
  * sending `first` (a data fragment, taken) in the same flight: no round
  * trip.  The circuit exists at once; if the remote refuses it,
  * circuit_closed says why.  CKT_OK, CKT_ERR_INVALID_ARGUMENT (bad URL),
- * CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
+ * CKT_ERR_CLOSED, CKT_ERR_AGAIN (this node's dial budget is used up),
+ * CKT_ERR_TOO_LARGE (first is too big), CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_peer_open_circuit(ckt_peer *p, const char *url,
                                      const char *name, ckt_fragment *first,
                                      void *circuit_user, ckt_circuit **out);

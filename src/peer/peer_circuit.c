@@ -838,10 +838,16 @@ void ckt_peer_stop(ckt_peer *p) {
   free(p);
 }
 
-void circuit_stop_all(ckt_node *n) {
+int circuit_stop_all(ckt_node *n) {
+  int had = 0;
+  ckt_peer *p;
+  for (p = n->peers; p; p = p->next) {
+    had |= p->circuits != NULL;
+  }
   while (n->peers) {
     ckt_peer_stop(n->peers);
   }
+  return had;
 }
 
 /* ---- remote peer start (a Message API service) -------------------------- */

@@ -88,6 +88,7 @@ struct ckt_node {
   size_t frame_max; /* largest frame body accepted (message or fragment) */
   ckt_fragment_limits flim;
   struct ckt_peer *peers; /* local peers (loop thread) */
+  ckt_timer *stop_timer;  /* the grace period of a stop */
 };
 
 void node_log(ckt_node *n, const char *fmt, ...)
@@ -120,7 +121,8 @@ void circuit_pump(pconn *pc);
 void circuit_adopt(pconn *to, pconn *from);
 void circuit_conn_lost(pconn *pc, const char *why);
 void circuit_writable(ckt_stream *s, rxstate *rx);
-void circuit_stop_all(ckt_node *n);
+/* Stops every peer; 1 if any circuit was closed (CLOSE frames queued). */
+int circuit_stop_all(ckt_node *n);
 /* A frame on a circuit's stream did not decode: the circuit ends. */
 void circuit_malformed(rxstate *rx, const char *what);
 /* Withdraws a peer service (a thread-driven peer went away). */

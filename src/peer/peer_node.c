@@ -1532,12 +1532,10 @@ void ckt_node_run(ckt_node *n) {
 }
 
 /* On the loop: fail what waits, close connections, end the loop. */
-static void stop_on_loop(void *arg) {
+/* The second half of a stop: fail what waits, close the connections,
+ * end the loop. */
+static void stop_finish(void *arg) {
   ckt_node *n = arg;
-  circuit_stop_all(n);       /* remote ends hear "peer stopped" first: */
-  ckt_endpoint_flush(n->ep); /* the CLOSE frames leave before the
-                                connections close */
-  set_stopping(n);
   while (n->conns) {
     pconn *pc = n->conns;
     while (pc->calls) {
@@ -1550,6 +1548,27 @@ static void stop_on_loop(void *arg) {
     }
   }
   ckt_ev_stop(n->ev);
+}
+
+/* Circuits closing as the node stops send CLOSE frames; they get a short
+ * grace (STOP_GRACE_NS) to reach the remote ends before the connections
+ * close, so those hear "peer stopped" and not "connection lost". */
+#define STOP_GRACE_NS (150ull * 1000 * 1000)
+
+static void stop_on_loop(void *arg) {
+  ckt_node *n = arg;
+  int had_circuits = circuit_stop_all(n);
+  set_stopping(n);
+  ckt_endpoint_flush(n->ep);
+  if (had_circuits) {
+    n->stop_timer = n->rt->ops->timer_new(n->rt, stop_finish, n);
+    if (n->stop_timer) {
+      n->rt->ops->timer_arm(n->rt, n->stop_timer,
+                            n->rt->ops->now(n->rt) + STOP_GRACE_NS);
+      return;
+    }
+  }
+  stop_finish(n);
 }
 
 void ckt_node_stop(ckt_node *n) {
@@ -1592,6 +1611,9 @@ void ckt_node_free(ckt_node *n) {
     pconn_free(pc);
   }
   ckt_endpoint_free(n->ep);
+  if (n->stop_timer) {
+    n->rt->ops->timer_free(n->rt, n->stop_timer);
+  }
   ckt_ev_free(n->ev);
   ckt_tls_ctx_free(n->server_tls);
   ckt_tls_ctx_free(n->client_tls);

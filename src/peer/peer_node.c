@@ -786,59 +786,57 @@ static service_t *service_find(ckt_node *n, const char *name) {
   return NULL;
 }
 
-static int register_handler(ckt_node *n, const char *name,
-                            ckt_call_handler call, ckt_oneway_handler ow,
-                            void *user) {
-  service_t *s;
-  if (!n || !name || !*name || strlen(name) > CKT_MESSAGE_SERVICE_MAX) {
-    return CKT_ERR_INVALID_ARGUMENT;
-  }
-  pthread_mutex_lock(&n->mu);
-  s = service_find(n, name);
-  if (!s) {
-    s = calloc(1, sizeof(*s));
-    if (!s) {
-      pthread_mutex_unlock(&n->mu);
-      return CKT_ERR_NOMEM;
-    }
+/* The entry for name, made if missing; n->mu must be held.  NULL when out
+ * of memory. */
+static service_t *service_entry(ckt_node *n, const char *name) {
+  service_t *s = service_find(n, name);
+  if (!s && (s = calloc(1, sizeof(*s))) != NULL) {
     snprintf(s->name, sizeof(s->name), "%s", name);
     s->next = n->services;
     n->services = s;
   }
-  if (call) {
-    s->call = call;
-    s->call_user = user;
-  } else {
-    s->oneway = ow;
-    s->oneway_user = user;
+  return s;
+}
+
+static int name_ok(const char *name) {
+  return name && *name && strlen(name) <= CKT_MESSAGE_SERVICE_MAX;
+}
+
+static int register_handler(ckt_node *n, const char *name,
+                            ckt_call_handler call, ckt_oneway_handler ow,
+                            void *user) {
+  service_t *s;
+  if (!n || !name_ok(name)) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  pthread_mutex_lock(&n->mu);
+  if ((s = service_entry(n, name)) != NULL) {
+    if (call) {
+      s->call = call;
+      s->call_user = user;
+    } else {
+      s->oneway = ow;
+      s->oneway_user = user;
+    }
   }
   pthread_mutex_unlock(&n->mu);
-  return CKT_OK;
+  return s ? CKT_OK : CKT_ERR_NOMEM;
 }
 
 int ckt_node_register_peer_service(ckt_node *n, const char *name,
                                    const ckt_peer_service *svc, void *user) {
   service_t *s;
-  if (!n || !name || !*name || !svc || strlen(name) > CKT_MESSAGE_SERVICE_MAX) {
+  if (!n || !svc || !name_ok(name)) {
     return CKT_ERR_INVALID_ARGUMENT;
   }
   pthread_mutex_lock(&n->mu);
-  s = service_find(n, name);
-  if (!s) {
-    s = calloc(1, sizeof(*s));
-    if (!s) {
-      pthread_mutex_unlock(&n->mu);
-      return CKT_ERR_NOMEM;
-    }
-    snprintf(s->name, sizeof(s->name), "%s", name);
-    s->next = n->services;
-    n->services = s;
+  if ((s = service_entry(n, name)) != NULL) {
+    s->has_peer = 1;
+    s->peer = *svc;
+    s->peer_user = user;
   }
-  s->has_peer = 1;
-  s->peer = *svc;
-  s->peer_user = user;
   pthread_mutex_unlock(&n->mu);
-  return CKT_OK;
+  return s ? CKT_OK : CKT_ERR_NOMEM;
 }
 
 void node_unregister_peer_service(ckt_node *n, const char *name,

@@ -149,3 +149,95 @@ Test(jsync, tiny_and_empty_inputs) {
   cr_assert_eq(jsync_chunk_next(&p, d, 10, 1), 10);
   cr_assert_eq(jsync_chunk_next(&p, d, 10, 0), 0, "needs more bytes");
 }
+
+/* ---- two-level indexes ----------------------------------------------------
+ */
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "jsync_index.h"
+
+Test(jsync, a_file_indexes_like_the_same_bytes_in_memory) {
+  char path[] = "/tmp/ckt-test-jsync-XXXXXX";
+  size_t n = 5u * 1024 * 1024 + 123, i;
+  uint8_t *d = random_data(n, 5);
+  jsync_index a, b;
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(write(fd, d, n), (ssize_t)n);
+  cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+  cr_assert_eq(jsync_index_fd(fd, n, &a), 0);
+  close(fd);
+  unlink(path);
+  cr_assert_eq(jsync_index_buffer(d, n, &b), 0);
+  cr_assert_eq(a.size, n);
+  cr_assert_eq(a.nchunks, b.nchunks);
+  cr_assert_eq(a.ngroups, (a.nchunks + JSYNC_GROUP - 1) / JSYNC_GROUP);
+  for (i = 0; i < a.nchunks; ++i) {
+    cr_assert_eq(a.chunks[i].off, b.chunks[i].off);
+    cr_assert_eq(a.chunks[i].len, b.chunks[i].len);
+    cr_assert(jsync_chunk_id_equal(a.chunks[i].id, b.chunks[i].id));
+  }
+  cr_assert(jsync_chunk_id_equal(a.whole, b.whole));
+  jsync_index_free(&a);
+  jsync_index_free(&b);
+  free(d);
+}
+
+Test(jsync, only_chunks_that_changed_are_missing) {
+  size_t n = SIZE, *missing, nm;
+  uint8_t *old = random_data(n, 6), *cur = malloc(n + 1);
+  jsync_index have, want;
+  cr_assert_eq(jsync_index_buffer(old, n, &have), 0);
+
+  /* The same content: nothing travels. */
+  cr_assert_eq(jsync_index_missing(&have, &have, &missing, &nm), 0);
+  cr_assert_eq(nm, 0);
+  free(missing);
+
+  /* One byte overwritten in the middle: the chunk holding it travels
+   * (and its neighbour when the byte moved a cut point). */
+  memcpy(cur, old, n);
+  cur[n / 2] ^= 0xff;
+  cr_assert_eq(jsync_index_buffer(cur, n, &want), 0);
+  cr_assert_eq(jsync_index_missing(&have, &want, &missing, &nm), 0);
+  cr_assert(nm >= 1 && nm <= 2, "%zu chunks missing", nm);
+  {
+    size_t i, covered = 0;
+    for (i = 0; i < nm; ++i) {
+      const jsync_chunk_ref *c = &want.chunks[missing[i]];
+      covered |= c->off <= n / 2 && c->off + c->len > n / 2;
+    }
+    cr_assert(covered, "the changed byte travels");
+  }
+  cr_assert_not(jsync_chunk_id_equal(have.whole, want.whole));
+  free(missing);
+  jsync_index_free(&want);
+
+  /* One byte inserted at an unaligned offset: one or two chunks. */
+  memcpy(cur, old, 777777);
+  cur[777777] = 1;
+  memcpy(cur + 777778, old + 777777, n - 777777);
+  cr_assert_eq(jsync_index_buffer(cur, n + 1, &want), 0);
+  cr_assert_eq(jsync_index_missing(&have, &want, &missing, &nm), 0);
+  cr_assert_geq(nm, 1);
+  cr_assert_leq(nm, 2, "%zu chunks missing", nm);
+  free(missing);
+  jsync_index_free(&want);
+  jsync_index_free(&have);
+  free(old);
+  free(cur);
+}
+
+Test(jsync, an_empty_file_has_no_chunks) {
+  jsync_index ix;
+  size_t *missing, nm;
+  cr_assert_eq(jsync_index_buffer((const uint8_t *)"", 0, &ix), 0);
+  cr_assert_eq(ix.nchunks, 0);
+  cr_assert_eq(ix.ngroups, 0);
+  cr_assert_eq(jsync_index_missing(&ix, &ix, &missing, &nm), 0);
+  cr_assert_eq(nm, 0);
+  free(missing);
+  jsync_index_free(&ix);
+}

@@ -1,0 +1,51 @@
+/*
+ * jsync_index.h — a file's chunk list, in two levels so that comparing
+ * two versions costs little: group IDs first (one per JSYNC_GROUP chunks),
+ * then chunk IDs only inside the groups that differ.
+ *
+ * Threading: pure functions on caller-owned data; any thread.
+ */
+#ifndef JSYNC_INDEX_H
+#define JSYNC_INDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jsync_chunk.h"
+
+/* Chunks per group. */
+#define JSYNC_GROUP 64
+
+typedef struct jsync_chunk_ref {
+  uint64_t off;
+  uint32_t len;
+  jsync_chunk_id id;
+} jsync_chunk_ref;
+
+typedef struct jsync_index {
+  jsync_chunk_params params;
+  uint64_t size;
+  jsync_chunk_ref *chunks;
+  size_t nchunks;
+  jsync_chunk_id *groups; /* XXH3-128 of each group's chunk IDs */
+  size_t ngroups;
+  jsync_chunk_id whole; /* XXH3-128 of the whole content */
+} jsync_index;
+
+/* Indexes a buffer with params sized to it.  0, or -1 when out of
+ * memory. */
+int jsync_index_buffer(const uint8_t *data, size_t len, jsync_index *out);
+/* Indexes an open file (read from its current position to the end) of
+ * the given size, streaming through a bounded buffer.  0; -1 with errno
+ * set on a read error; -1 with ENOMEM. */
+int jsync_index_fd(int fd, uint64_t size, jsync_index *out);
+void jsync_index_free(jsync_index *ix);
+
+/* The chunks of `want` whose IDs `have` lacks (what must travel), as
+ * indexes into want->chunks, written to *missing (malloc()ed; free()).
+ * Compares group IDs first and looks at chunk IDs only in groups that
+ * differ.  0, or -1 when out of memory. */
+int jsync_index_missing(const jsync_index *have, const jsync_index *want,
+                        size_t **missing, size_t *nmissing);
+
+#endif

@@ -324,14 +324,13 @@ void circuit_adopt(pconn *to, pconn *from) {
   }
 }
 
-static ckt_circuit *circuit_new(ckt_peer *p) {
+static ckt_circuit *circuit_new(void) {
   ckt_circuit *c = calloc(1, sizeof(*c));
   if (!c) {
     return NULL;
   }
   c->rx.kind = RX_CIRCUIT;
   ckt_buf_init(&c->pending, CKT_CIRCUIT_QUEUE_MAX + 64 * 1024);
-  (void)p;
   return c;
 }
 
@@ -429,7 +428,7 @@ static int open_to(ckt_peer *p, const ckt_url *u, const char *name,
   if ((rv = node_pconn_get(n, &addr, &pc)) != CKT_OK) {
     goto done;
   }
-  c = circuit_new(p);
+  c = circuit_new();
   open = ckt_fragment_new();
   if (!c || !open) {
     rv = CKT_ERR_NOMEM;
@@ -597,7 +596,7 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
     ckt_fragment_free(open);
     return;
   }
-  c = circuit_new(p);
+  c = circuit_new();
   if (!c) {
     refuse(n, s, open, "out of memory");
     ckt_fragment_free(open);

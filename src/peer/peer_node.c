@@ -60,9 +60,6 @@ static void ep_log(void *user, const char *line) {
   node_log(user, "%s", line);
 }
 
-#define STAT_ADD(n, field, v)                                                  \
-  __atomic_add_fetch(&(n)->stats.field, (v), __ATOMIC_RELAXED)
-
 int node_stopping(ckt_node *n) {
   return __atomic_load_n(&n->stopping, __ATOMIC_ACQUIRE);
 }
@@ -307,9 +304,9 @@ static void call_finish(call_t *c, int err, ckt_message *reply,
     }
   }
   if (err == CKT_OK) {
-    STAT_ADD(n, calls_answered, 1);
+    CKT_COUNTER_ADD(n->stats.calls_answered, 1);
   } else {
-    STAT_ADD(n, calls_failed, 1);
+    CKT_COUNTER_ADD(n->stats.calls_failed, 1);
   }
   if (reply) {
     c->done(n, err, reply, c->user);
@@ -419,7 +416,7 @@ static void call_start(void *arg) {
     pc->calls->prev = c;
   }
   pc->calls = c;
-  STAT_ADD(n, calls_sent, 1);
+  CKT_COUNTER_ADD(n->stats.calls_sent, 1);
   node_pconn_pump(pc);
 }
 
@@ -594,7 +591,7 @@ static void send_start(void *arg) {
   }
   pc->ow_tail = o;
   free(job);
-  STAT_ADD(n, oneways_sent, 1);
+  CKT_COUNTER_ADD(n->stats.oneways_sent, 1);
   node_pconn_pump(pc);
 }
 
@@ -928,7 +925,7 @@ static void serve_call(ckt_node *n, ckt_stream *s, ckt_message *req) {
     ckt_message_set_err(reply, why);
     ckt_message_set_arg(reply, "ckt.status", "no-service");
   } else {
-    STAT_ADD(n, calls_served, 1);
+    CKT_COUNTER_ADD(n->stats.calls_served, 1);
     rv = fn(n, req, reply, user);
     if (rv != 0) {
       reply->type = CKT_MSG_ERROR;
@@ -968,7 +965,7 @@ static void serve_oneway(ckt_node *n, ckt_message *msg) {
   ckt_oneway_handler ow;
   void *user, *ow_user;
   lookup_handlers(n, msg->service, &fn, &user, &ow, &ow_user);
-  STAT_ADD(n, oneways_received, 1);
+  CKT_COUNTER_ADD(n->stats.oneways_received, 1);
   if (ow) {
     ow(n, msg, ow_user);
   } else {

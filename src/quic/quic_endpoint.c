@@ -36,6 +36,8 @@ struct ckt_stream {
   void *user;
   chunk *head, *tail;
   uint64_t head_off;   /* stream offset of head->data[0] */
+  chunk *cur;          /* cache: the chunk holding sent_off, or NULL */
+  uint64_t cur_off;    /* stream offset of cur->data[0] */
   uint64_t sent_off;   /* bytes handed to ngtcp2 */
   uint64_t queued_off; /* bytes queued by the caller */
   uint64_t acked_off;  /* bytes the peer acknowledged */
@@ -208,14 +210,19 @@ static void stream_free(ckt_stream *s) {
 }
 
 /* The unsent bytes of s as iovecs, starting at sent_off. */
-static size_t stream_vecs(const ckt_stream *s, ngtcp2_vec *v, size_t max) {
-  const chunk *k = s->head;
-  uint64_t off = s->head_off;
+/* The unsent bytes of s as iovecs, starting at sent_off.  The walk starts
+ * at the cached chunk holding sent_off, not at the head: acknowledged-later
+ * chunks in flight are not rescanned for every packet. */
+static size_t stream_vecs(ckt_stream *s, ngtcp2_vec *v, size_t max) {
+  chunk *k = s->cur ? s->cur : s->head;
+  uint64_t off = s->cur ? s->cur_off : s->head_off;
   size_t n = 0;
   while (k && off + k->len <= s->sent_off) {
     off += k->len;
     k = k->next;
   }
+  s->cur = k;
+  s->cur_off = off;
   while (k && n < max) {
     size_t skip = s->sent_off > off ? (size_t)(s->sent_off - off) : 0;
     v[n].base = (uint8_t *)(uintptr_t)(k->data + skip);
@@ -234,6 +241,9 @@ static void stream_acked(ckt_stream *s, uint64_t end) {
   }
   while (s->head && s->head_off + s->head->len <= s->acked_off) {
     chunk *k = s->head;
+    if (s->cur == k) {
+      s->cur = NULL; /* freed below: the next walk starts at the head */
+    }
     s->head_off += k->len;
     s->head = k->next;
     if (!s->head) {

@@ -31,32 +31,34 @@ static int add_chunk(builder *b, uint64_t off, const uint8_t *p, size_t len) {
   return 0;
 }
 
-/* Group IDs hash the chunk IDs of each run of JSYNC_GROUP chunks. */
+/* Group IDs hash the chunk IDs of each group; groups end where a chunk ID
+ * says so (see JSYNC_GROUP_BITS) or at JSYNC_GROUP_MAX chunks. */
 static int make_groups(jsync_index *ix) {
-  XXH3_state_t *st;
-  size_t g;
-  ix->ngroups = (ix->nchunks + JSYNC_GROUP - 1) / JSYNC_GROUP;
-  ix->groups = calloc(ix->ngroups ? ix->ngroups : 1, sizeof(*ix->groups));
-  st = XXH3_createState();
-  if (!ix->groups || !st) {
+  XXH3_state_t *st = XXH3_createState();
+  size_t i, n = 0, start = 0;
+  /* At most one group per chunk, plus the sentinel. */
+  ix->groups = malloc((ix->nchunks ? ix->nchunks : 1) * sizeof(*ix->groups));
+  ix->group_start = malloc((ix->nchunks + 1) * sizeof(*ix->group_start));
+  if (!ix->groups || !ix->group_start || !st) {
     XXH3_freeState(st);
     return -1;
   }
-  for (g = 0; g < ix->ngroups; ++g) {
-    size_t i, end = (g + 1) * JSYNC_GROUP;
-    XXH128_hash_t h;
-    if (end > ix->nchunks) {
-      end = ix->nchunks;
+  XXH3_128bits_reset(st);
+  for (i = 0; i < ix->nchunks; ++i) {
+    uint64_t w[2] = {ix->chunks[i].id.hi, ix->chunks[i].id.lo};
+    XXH3_128bits_update(st, w, sizeof(w));
+    if ((ix->chunks[i].id.lo & (JSYNC_GROUP - 1)) == JSYNC_GROUP - 1 ||
+        i + 1 - start == JSYNC_GROUP_MAX || i + 1 == ix->nchunks) {
+      XXH128_hash_t h = XXH3_128bits_digest(st);
+      ix->groups[n].hi = h.high64;
+      ix->groups[n].lo = h.low64;
+      ix->group_start[n++] = start;
+      start = i + 1;
+      XXH3_128bits_reset(st);
     }
-    XXH3_128bits_reset(st);
-    for (i = g * JSYNC_GROUP; i < end; ++i) {
-      uint64_t w[2] = {ix->chunks[i].id.hi, ix->chunks[i].id.lo};
-      XXH3_128bits_update(st, w, sizeof(w));
-    }
-    h = XXH3_128bits_digest(st);
-    ix->groups[g].hi = h.high64;
-    ix->groups[g].lo = h.low64;
   }
+  ix->group_start[n] = ix->nchunks;
+  ix->ngroups = n;
   XXH3_freeState(st);
   return 0;
 }
@@ -159,6 +161,7 @@ int jsync_index_fd(int fd, uint64_t size, jsync_index *out) {
 void jsync_index_free(jsync_index *ix) {
   free(ix->chunks);
   free(ix->groups);
+  free(ix->group_start);
   memset(ix, 0, sizeof(*ix));
 }
 
@@ -226,14 +229,10 @@ int jsync_index_missing(const jsync_index *have, const jsync_index *want,
     idset_add(&chunks, have->chunks[i].id);
   }
   for (g = 0; g < want->ngroups; ++g) {
-    size_t end = (g + 1) * JSYNC_GROUP;
     if (idset_has(&groups, want->groups[g])) {
       continue; /* a whole group we have: none of its chunks travel */
     }
-    if (end > want->nchunks) {
-      end = want->nchunks;
-    }
-    for (i = g * JSYNC_GROUP; i < end; ++i) {
+    for (i = want->group_start[g]; i < want->group_start[g + 1]; ++i) {
       if (!idset_has(&chunks, want->chunks[i].id)) {
         out[n++] = i;
       }

@@ -13,8 +13,13 @@
 
 #include "jsync_chunk.h"
 
-/* Chunks per group. */
-#define JSYNC_GROUP 64
+/* Groups are content-defined too: a group ends after a chunk whose ID has
+ * its low JSYNC_GROUP_BITS bits all set (on average every JSYNC_GROUP
+ * chunks), or after JSYNC_GROUP_MAX chunks.  So an insertion changes the
+ * groups around it only, and the groups after it are found again. */
+#define JSYNC_GROUP_BITS 6
+#define JSYNC_GROUP (1u << JSYNC_GROUP_BITS)
+#define JSYNC_GROUP_MAX (4 * JSYNC_GROUP)
 
 typedef struct jsync_chunk_ref {
   uint64_t off;
@@ -28,6 +33,8 @@ typedef struct jsync_index {
   jsync_chunk_ref *chunks;
   size_t nchunks;
   jsync_chunk_id *groups; /* XXH3-128 of each group's chunk IDs */
+  size_t *group_start;    /* ngroups + 1 chunk indexes: group g is
+                             chunks [group_start[g], group_start[g+1]) */
   size_t ngroups;
   jsync_chunk_id whole; /* XXH3-128 of the whole content */
 } jsync_index;

@@ -173,7 +173,11 @@ Test(jsync, a_file_indexes_like_the_same_bytes_in_memory) {
   cr_assert_eq(jsync_index_buffer(d, n, &b), 0);
   cr_assert_eq(a.size, n);
   cr_assert_eq(a.nchunks, b.nchunks);
-  cr_assert_eq(a.ngroups, (a.nchunks + JSYNC_GROUP - 1) / JSYNC_GROUP);
+  cr_assert_eq(a.ngroups, b.ngroups);
+  for (i = 0; i < a.ngroups; ++i) {
+    cr_assert(jsync_chunk_id_equal(a.groups[i], b.groups[i]));
+    cr_assert_eq(a.group_start[i], b.group_start[i]);
+  }
   for (i = 0; i < a.nchunks; ++i) {
     cr_assert_eq(a.chunks[i].off, b.chunks[i].off);
     cr_assert_eq(a.chunks[i].len, b.chunks[i].len);
@@ -226,6 +230,42 @@ Test(jsync, only_chunks_that_changed_are_missing) {
   free(missing);
   jsync_index_free(&want);
   jsync_index_free(&have);
+  free(old);
+  free(cur);
+}
+
+/* Groups are content-defined: an insertion changes the group around it
+ * and leaves the groups after it as they were, so comparing group IDs
+ * skips everything else; groups stay within their bounds. */
+Test(jsync, an_insertion_changes_only_the_groups_around_it) {
+  size_t n = 64u * 1024 * 1024, g, differ = 0, sum = 0;
+  uint8_t *old = random_data(n, 9), *cur = malloc(n + 1);
+  jsync_index a, b;
+  cr_assert_not_null(cur);
+  memcpy(cur, old, 5000001);
+  cur[5000001] = 7;
+  memcpy(cur + 5000002, old + 5000001, n - 5000001);
+  cr_assert_eq(jsync_index_buffer(old, n, &a), 0);
+  cr_assert_eq(jsync_index_buffer(cur, n + 1, &b), 0);
+  cr_assert_gt(a.ngroups, 8, "%zu groups", a.ngroups);
+  for (g = 0; g < a.ngroups; ++g) {
+    size_t len = a.group_start[g + 1] - a.group_start[g];
+    cr_assert(len >= 1 && len <= JSYNC_GROUP_MAX);
+    sum += len;
+  }
+  cr_assert_eq(sum, a.nchunks);
+  cr_assert_eq(a.group_start[a.ngroups], a.nchunks);
+  for (g = 0; g < b.ngroups; ++g) {
+    size_t h, found = 0;
+    for (h = 0; h < a.ngroups && !found; ++h) {
+      found = jsync_chunk_id_equal(a.groups[h], b.groups[g]);
+    }
+    differ += !found;
+  }
+  cr_assert(differ >= 1 && differ <= 2, "%zu of %zu groups differ", differ,
+            b.ngroups);
+  jsync_index_free(&a);
+  jsync_index_free(&b);
   free(old);
   free(cur);
 }

@@ -63,12 +63,17 @@ static int make_groups(jsync_index *ix) {
   return 0;
 }
 
-static int begin(builder *b, jsync_index *ix, uint64_t size) {
+static int begin(builder *b, jsync_index *ix, uint64_t size,
+                 const jsync_chunk_params *p) {
   memset(ix, 0, sizeof(*ix));
   memset(b, 0, sizeof(*b));
   b->ix = ix;
   ix->size = size;
-  jsync_chunk_params_for_size(&ix->params, size);
+  if (p) {
+    ix->params = *p;
+  } else {
+    jsync_chunk_params_for_size(&ix->params, size);
+  }
   b->whole = XXH3_createState();
   if (!b->whole) {
     return -1;
@@ -96,7 +101,7 @@ static int finish(builder *b, int rv) {
 int jsync_index_buffer(const uint8_t *data, size_t len, jsync_index *out) {
   builder b;
   size_t off = 0;
-  int rv = begin(&b, out, len);
+  int rv = begin(&b, out, len, NULL);
   while (rv == 0 && off < len) {
     size_t n = jsync_chunk_next(&out->params, data + off, len - off, 1);
     rv = add_chunk(&b, off, data + off, n);
@@ -109,11 +114,16 @@ int jsync_index_buffer(const uint8_t *data, size_t len, jsync_index *out) {
 }
 
 int jsync_index_fd(int fd, uint64_t size, jsync_index *out) {
+  return jsync_index_fd_with(fd, size, NULL, out);
+}
+
+int jsync_index_fd_with(int fd, uint64_t size, const jsync_chunk_params *p,
+                        jsync_index *out) {
   builder b;
   uint8_t *buf;
   size_t cap, have = 0, used;
   uint64_t base = 0;
-  int rv = begin(&b, out, size), eof = 0;
+  int rv = begin(&b, out, size, p), eof = 0;
   cap = (size_t)out->params.max * 2;
   buf = malloc(cap);
   if (!buf) {

@@ -46,6 +46,11 @@ int jsync_index_buffer(const uint8_t *data, size_t len, jsync_index *out);
  * the given size, streaming through a bounded buffer.  0; -1 with errno
  * set on a read error; -1 with ENOMEM. */
 int jsync_index_fd(int fd, uint64_t size, jsync_index *out);
+/* The same with given chunking parameters: a receiver indexes its old
+ * version with the parameters the sender chose for the new one, so the
+ * two cut alike whatever their sizes. */
+int jsync_index_fd_with(int fd, uint64_t size, const jsync_chunk_params *p,
+                        jsync_index *out);
 void jsync_index_free(jsync_index *ix);
 
 /* The chunks of `want` whose IDs `have` lacks (what must travel), as

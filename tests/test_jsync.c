@@ -238,7 +238,7 @@ Test(jsync, only_chunks_that_changed_are_missing) {
  * and leaves the groups after it as they were, so comparing group IDs
  * skips everything else; groups stay within their bounds. */
 Test(jsync, an_insertion_changes_only_the_groups_around_it) {
-  size_t n = 64u * 1024 * 1024, g, differ = 0, sum = 0;
+  size_t n = 60u * 1024 * 1024, g, differ = 0, sum = 0;
   uint8_t *old = random_data(n, 9), *cur = malloc(n + 1);
   jsync_index a, b;
   cr_assert_not_null(cur);

@@ -962,3 +962,375 @@ Test(peer, a_stopped_thread_peer_leaves_no_service_behind) {
   ckt_node_free(cli);
   ckt_node_free(srv);
 }
+
+/* ---- thread peers: waiting sends, extant and sibling opens --------------- */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+#define BULK_FRAG (256 * 1024)
+#ifdef UNDER_ASAN
+#define BULK_PARTS 64 /* 16 MiB: ASan moves about 20 MB/s here */
+#else
+#define BULK_PARTS 256 /* 64 MiB */
+#endif
+
+static int64_t now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Word k of the bulk stream: distinct per position, so a lost, repeated
+ * or reordered fragment shows. */
+static uint32_t bulk_word(uint64_t k) {
+  return (uint32_t)((k + 1) * 0x9e3779b97f4a7c15ull >> 29);
+}
+
+static ckt_fragment *bulk_frag(int64_t part) {
+  ckt_fragment *f = ckt_fragment_new();
+  uint32_t *w = malloc(BULK_FRAG);
+  uint64_t base = (uint64_t)part * (BULK_FRAG / 4);
+  size_t i;
+  cr_assert(f && w);
+  for (i = 0; i < BULK_FRAG / 4; ++i) {
+    w[i] = bulk_word(base + i);
+  }
+  cr_assert_eq(ckt_fragment_set_payload(f, w, BULK_FRAG), CKT_OK);
+  free(w);
+  f->part = part;
+  return f;
+}
+
+/* Reads `parts` bulk fragments, slowly at first; checks every byte. */
+typedef struct bulk_reader {
+  ckt_tcircuit *tc;
+  int parts, got, ok;
+  char why[160];
+} bulk_reader;
+
+static void *bulk_read(void *arg) {
+  bulk_reader *r = arg;
+  ckt_fragment *f;
+  int i, rv;
+  usleep(100 * 1000);
+  for (i = 0; i < r->parts; ++i) {
+    uint64_t base = (uint64_t)i * (BULK_FRAG / 4);
+    size_t k;
+    if (i < 8) {
+      usleep(10 * 1000); /* a slow start: the sender must wait */
+    }
+    rv = ckt_tcircuit_recv(r->tc, 5000, &f);
+    if (rv != CKT_OK) {
+      snprintf(r->why, sizeof(r->why), "part %d: %s", i, ckt_strerror(rv));
+      return NULL;
+    }
+    if (f->part != i || f->payload_len != BULK_FRAG) {
+      snprintf(r->why, sizeof(r->why), "part %d: got part %lld of %zu bytes", i,
+               (long long)f->part, f->payload_len);
+      ckt_fragment_free(f);
+      return NULL;
+    }
+    for (k = 0; k < BULK_FRAG / 4; ++k) {
+      uint32_t v;
+      memcpy(&v, (const uint8_t *)f->payload + 4 * k, 4);
+      if (v != bulk_word(base + k)) {
+        snprintf(r->why, sizeof(r->why), "part %d: wrong bytes at %zu", i,
+                 4 * k);
+        ckt_fragment_free(f);
+        return NULL;
+      }
+    }
+    ckt_fragment_free(f);
+    r->got++;
+  }
+  r->ok = 1;
+  return NULL;
+}
+
+/* Two thread peers (a on the server, b on the client) and a circuit from
+ * b to a, accepted. */
+typedef struct tpair {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_tpeer *a, *b;
+  ckt_tcircuit *at, *bt;
+} tpair;
+
+static void tpair_open(tpair *t) {
+  ckt_fragment *f = NULL;
+  seen_init(&t->ss);
+  seen_init(&t->cs);
+  t->srv = node(1, &t->ss, t->saddr, sizeof(t->saddr));
+  t->cli = node(0, &t->cs, NULL, 0);
+  cr_assert_eq(ckt_tpeer_start(t->srv, "tchat", &t->a), CKT_OK);
+  cr_assert_eq(ckt_tpeer_start(t->cli, "tchat", &t->b), CKT_OK);
+  cr_assert_eq(ckt_tpeer_open(t->b, ckt_tpeer_url(t->a), "bulk",
+                              frag("hello", -1), &t->bt),
+               CKT_OK);
+  cr_assert_eq(ckt_tpeer_accept(t->a, 5000, &t->at), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_recv(t->at, 5000, &f), CKT_OK);
+  cr_assert_eq(f->part, -1);
+  ckt_fragment_free(f);
+}
+
+static void tpair_close(tpair *t) {
+  if (t->bt) {
+    ckt_tcircuit_close(t->bt, NULL);
+  }
+  if (t->at) {
+    ckt_tcircuit_close(t->at, NULL);
+  }
+  ckt_tpeer_stop(t->a);
+  ckt_tpeer_stop(t->b);
+  ckt_node_free(t->cli);
+  ckt_node_free(t->srv);
+}
+
+Test(peer, send_wait_carries_bulk_data_in_order_through_a_full_queue) {
+  tpair t;
+  bulk_reader r;
+  pthread_t th;
+  int part = 0, rv = CKT_OK;
+  tpair_open(&t);
+  /* Nobody reads yet: plain sends soon find the queue full ("again"; the
+   * fragment is gone, so that part is sent again below). */
+  for (; part < BULK_PARTS; ++part) {
+    rv = ckt_tcircuit_send(t.bt, bulk_frag(part));
+    if (rv != CKT_OK) {
+      break;
+    }
+  }
+  cr_assert_eq(rv, CKT_ERR_AGAIN, "sent %d parts without a full queue", part);
+  /* The reader starts slowly; send_wait waits for room and goes on. */
+  memset(&r, 0, sizeof(r));
+  r.tc = t.at;
+  r.parts = BULK_PARTS;
+  cr_assert_eq(pthread_create(&th, NULL, bulk_read, &r), 0);
+  for (; part < BULK_PARTS; ++part) {
+    rv = ckt_tcircuit_send_wait(t.bt, bulk_frag(part), 5000);
+    if (rv != CKT_OK) {
+      break;
+    }
+  }
+  pthread_join(th, NULL);
+  cr_assert_eq(rv, CKT_OK, "part %d: %s", part, ckt_strerror(rv));
+  cr_assert(r.ok, "%s", r.why);
+  cr_assert_eq(r.got, BULK_PARTS);
+  tpair_close(&t);
+}
+
+/* Sends bulk parts with send_wait(timeout_ms) until one times out; the
+ * number sent. */
+static int fill_until_timeout(ckt_tcircuit *tc, int timeout_ms) {
+  int part, rv = CKT_OK;
+  for (part = 0; part < 2000; ++part) {
+    int64_t t0 = now_ms();
+    rv = ckt_tcircuit_send_wait(tc, bulk_frag(part), timeout_ms);
+    if (rv != CKT_OK) {
+      int64_t waited = now_ms() - t0;
+      cr_assert_geq(waited, timeout_ms - 20, "gave up after %lld ms",
+                    (long long)waited);
+      cr_assert_lt(waited, timeout_ms + 1000, "gave up after %lld ms",
+                   (long long)waited);
+      break;
+    }
+  }
+  cr_assert_eq(rv, CKT_ERR_TIMEOUT, "%s", ckt_strerror(rv));
+  cr_assert_lt(part, 400, "at most a few windows were buffered (%d)", part);
+  return part;
+}
+
+Test(peer, send_wait_times_out_when_the_reader_never_reads) {
+  tpair t;
+  ckt_fragment *f;
+  int sent, i;
+  tpair_open(&t);
+  sent = fill_until_timeout(t.bt, 200);
+  /* What timed out was not sent: the reader finds exactly the rest. */
+  for (i = 0; i < sent; ++i) {
+    cr_assert_eq(ckt_tcircuit_recv(t.at, 5000, &f), CKT_OK, "part %d", i);
+    cr_assert_eq(f->part, i);
+    ckt_fragment_free(f);
+  }
+  cr_assert_eq(ckt_tcircuit_recv(t.at, 200, &f), CKT_ERR_TIMEOUT);
+  /* With room again, send_wait sends at once. */
+  cr_assert_eq(ckt_tcircuit_send_wait(t.bt, frag("more", sent), 0), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_recv(t.at, 5000, &f), CKT_OK);
+  cr_assert_eq(f->part, sent);
+  ckt_fragment_free(f);
+  tpair_close(&t);
+}
+
+typedef struct closer {
+  ckt_tcircuit *tc;
+  int delay_ms;
+} closer;
+
+static void *close_later(void *arg) {
+  closer *c = arg;
+  usleep((useconds_t)c->delay_ms * 1000);
+  ckt_tcircuit_close(c->tc, "enough");
+  return NULL;
+}
+
+Test(peer, send_wait_says_closed_when_the_remote_closes_while_it_waits) {
+  tpair t;
+  pthread_t th;
+  closer c;
+  int64_t t0;
+  int rv, n = 0;
+  tpair_open(&t);
+  fill_until_timeout(t.bt, 200);
+  /* The queue is full; the remote end closes while send_wait waits. */
+  c.tc = t.at;
+  c.delay_ms = 100;
+  t.at = NULL;
+  cr_assert_eq(pthread_create(&th, NULL, close_later, &c), 0);
+  t0 = now_ms();
+  /* (Until the close is heard, a send may still find room: the remote end
+   * discards what comes after it closed.) */
+  do {
+    rv = ckt_tcircuit_send_wait(t.bt, bulk_frag(n), -1);
+  } while (rv == CKT_OK && ++n < 100);
+  cr_assert_eq(rv, CKT_ERR_CLOSED, "%s after %d more", ckt_strerror(rv), n);
+  cr_assert_lt(now_ms() - t0, 2000);
+  pthread_join(th, NULL);
+  cr_assert_str_eq(ckt_tcircuit_reason(t.bt), "enough");
+  cr_assert_eq(ckt_tcircuit_send_wait(t.bt, frag("late", 0), -1),
+               CKT_ERR_CLOSED);
+  cr_assert_eq(ckt_tcircuit_send(t.bt, frag("late", 0)), CKT_ERR_CLOSED);
+  tpair_close(&t);
+}
+
+Test(peer, open_extant_reaches_the_running_thread_peer) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_tpeer *a, *b;
+  ckt_tcircuit *b1, *b2, *a1, *a2;
+  ckt_fragment *f;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  cr_assert_eq(ckt_tpeer_start(srv, "tchat", &a), CKT_OK);
+  cr_assert_eq(ckt_tpeer_start(cli, "tchat", &b), CKT_OK);
+  cr_assert_eq(
+      ckt_tpeer_open_extant(b, saddr, "tchat", "one", frag("1", 1), &b1),
+      CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_remote_url(b1), "", "not known yet");
+  cr_assert_eq(
+      ckt_tpeer_open_extant(b, saddr, "tchat", "two", frag("2", 2), &b2),
+      CKT_OK);
+  /* Both reach a's peer (no second one started), in either order. */
+  cr_assert_eq(ckt_tpeer_accept(a, 5000, &a1), CKT_OK);
+  cr_assert_eq(ckt_tpeer_accept(a, 5000, &a2), CKT_OK);
+  if (strcmp(ckt_tcircuit_name(a1), "one") != 0) {
+    ckt_tcircuit *x = a1;
+    a1 = a2;
+    a2 = x;
+  }
+  cr_assert_str_eq(ckt_tcircuit_name(a1), "one");
+  cr_assert_str_eq(ckt_tcircuit_name(a2), "two");
+  cr_assert_eq(ckt_tcircuit_recv(a2, 5000, &f), CKT_OK);
+  cr_assert_eq(f->part, 2);
+  ckt_fragment_free(f);
+  cr_assert_str_eq(ckt_tcircuit_remote_url(a1), ckt_tpeer_url(b));
+  /* The answers tell b which peer that is: a's, for both. */
+  cr_assert_eq(ckt_tcircuit_send(a1, frag("back", 1)), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_send(a2, frag("back", 2)), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_recv(b1, 5000, &f), CKT_OK);
+  ckt_fragment_free(f);
+  cr_assert_eq(ckt_tcircuit_recv(b2, 5000, &f), CKT_OK);
+  ckt_fragment_free(f);
+  cr_assert_str_eq(ckt_tcircuit_remote_url(b1), ckt_tpeer_url(a));
+  cr_assert_str_eq(ckt_tcircuit_remote_url(b2), ckt_tpeer_url(a));
+  cr_assert_eq(ckt_tpeer_accept(a, 100, &a1), CKT_ERR_TIMEOUT);
+  ckt_tcircuit_close(b1, NULL);
+  ckt_tcircuit_close(b2, NULL);
+  ckt_tcircuit_close(a1, NULL);
+  ckt_tcircuit_close(a2, NULL);
+  ckt_tpeer_stop(a);
+  ckt_tpeer_stop(b);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(peer, open_sibling_reaches_the_same_remote_thread_peer) {
+  tpair t;
+  ckt_tcircuit *bs, *as, *back_a, *back_b;
+  ckt_fragment *f;
+  tpair_open(&t);
+  cr_assert_eq(ckt_tcircuit_open_sibling(t.bt, "sibling", frag("sib", 7), &bs),
+               CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_remote_url(bs), ckt_tpeer_url(t.a));
+  cr_assert_eq(ckt_tpeer_accept(t.a, 5000, &as), CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_name(as), "sibling");
+  cr_assert_str_eq(ckt_tcircuit_remote_url(as), ckt_tcircuit_remote_url(t.at));
+  cr_assert_eq(ckt_tcircuit_recv(as, 5000, &f), CKT_OK);
+  cr_assert_eq(f->part, 7);
+  ckt_fragment_free(f);
+  /* The accepting side may open siblings too: they reach b. */
+  cr_assert_eq(ckt_tcircuit_open_sibling(as, "back", NULL, &back_a), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_send(back_a, frag("b", 8)), CKT_OK);
+  cr_assert_eq(ckt_tpeer_accept(t.b, 5000, &back_b), CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_name(back_b), "back");
+  cr_assert_str_eq(ckt_tcircuit_remote_url(back_b), ckt_tpeer_url(t.a));
+  /* A closed circuit has no siblings. */
+  ckt_tcircuit_close(as, "done");
+  cr_assert_eq(ckt_tcircuit_recv(bs, 5000, &f), CKT_ERR_CLOSED);
+  cr_assert_eq(ckt_tcircuit_open_sibling(bs, "x", frag("x", 0), &as),
+               CKT_ERR_CLOSED);
+  ckt_tcircuit_close(bs, NULL);
+  ckt_tcircuit_close(back_a, NULL);
+  ckt_tcircuit_close(back_b, NULL);
+  tpair_close(&t);
+}
+
+Test(peer, a_thread_service_s_other_peers_share_its_queue_and_stop_with_it) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_tpeer *a, *b;
+  ckt_tcircuit *at, *bt, *at2, *bt2;
+  ckt_fragment *f;
+  job j;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  cli = node(0, &cs, NULL, 0);
+  cr_assert_eq(ckt_tpeer_start(srv, "tchat", &a), CKT_OK);
+  cr_assert_eq(ckt_tpeer_start(cli, "tchat", &b), CKT_OK);
+  /* A remote node starts a second peer of a's service. */
+  remote_start(cli, saddr, "tchat", &j);
+  cr_assert_eq(j.rv, CKT_OK, "%s", j.url);
+  cr_assert_str_neq(j.url, ckt_tpeer_url(a));
+  cr_assert_eq(ckt_tpeer_open(b, j.url, "other", frag("o", 1), &bt), CKT_OK);
+  cr_assert_eq(ckt_tpeer_accept(a, 5000, &at), CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_name(at), "other");
+  /* a's own peer still takes circuits. */
+  cr_assert_eq(ckt_tpeer_open(b, ckt_tpeer_url(a), "own", NULL, &bt2), CKT_OK);
+  cr_assert_eq(ckt_tcircuit_send(bt2, frag("x", 2)), CKT_OK);
+  cr_assert_eq(ckt_tpeer_accept(a, 5000, &at2), CKT_OK);
+  cr_assert_str_eq(ckt_tcircuit_name(at2), "own");
+  /* Stopping a stops the other peer too (its circuits are a's). */
+  ckt_tpeer_stop(a);
+  cr_assert_eq(ckt_tcircuit_recv(bt, 5000, &f), CKT_ERR_CLOSED);
+  cr_assert_str_eq(ckt_tcircuit_reason(bt), "peer stopped");
+  cr_assert_eq(ckt_tcircuit_recv(bt2, 5000, &f), CKT_ERR_CLOSED);
+  cr_assert_str_eq(ckt_tcircuit_reason(bt2), "peer stopped");
+  ckt_tcircuit_close(at, NULL);
+  ckt_tcircuit_close(at2, NULL);
+  ckt_tcircuit_close(bt, NULL);
+  ckt_tcircuit_close(bt2, NULL);
+  ckt_tpeer_stop(b);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}

@@ -163,7 +163,12 @@ CKT_EXTERN ckt_peer *ckt_circuit_peer(const ckt_circuit *c);
  * the seed's channel style.  Every function below may be called from any
  * thread except the node's loop.  Each circuit has a bounded inbox; a
  * reader that falls behind holds back that circuit's sender only (QUIC
- * flow control), never the other circuits. */
+ * flow control), never the other circuits.
+ *
+ * Every peer of a thread-registered service delivers its circuits to the
+ * same ckt_tpeer's accept queue: the one ckt_tpeer_start() starts, and any
+ * a remote node starts there (ckt_node_start_remote_peer(), or a
+ * prefer-extant open when none runs).  ckt_tpeer_stop() stops them all. */
 typedef struct ckt_tpeer ckt_tpeer;
 typedef struct ckt_tcircuit ckt_tcircuit;
 
@@ -180,15 +185,42 @@ CKT_EXTERN void ckt_tpeer_stop(ckt_tpeer *tp);
  * codes of ckt_peer_open_circuit(). */
 CKT_EXTERN int ckt_tpeer_open(ckt_tpeer *tp, const char *url, const char *name,
                               ckt_fragment *first, ckt_tcircuit **out);
+/* Opens a circuit to the running instance of `service` on the node at
+ * host_port, starting one there only if none runs (prefer-extant, as
+ * ckt_peer_open_circuit_extant(); first is taken).  CKT_OK,
+ * CKT_ERR_INVALID_ARGUMENT, CKT_ERR_CLOSED (tp stopped), CKT_ERR_AGAIN
+ * (this node's dial budget is used up), CKT_ERR_TOO_LARGE (first is too
+ * big), CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_tpeer_open_extant(ckt_tpeer *tp, const char *host_port,
+                                     const char *service, const char *name,
+                                     ckt_fragment *first, ckt_tcircuit **out);
+/* Opens another circuit to the same remote peer as tc (first is taken).
+ * If tc is a prefer-extant circuit that has not carried a fragment back
+ * yet, the new one is prefer-extant too.  CKT_OK, CKT_ERR_INVALID_ARGUMENT,
+ * CKT_ERR_CLOSED (tc is closed), CKT_ERR_AGAIN, CKT_ERR_TOO_LARGE,
+ * CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_tcircuit_open_sibling(ckt_tcircuit *tc, const char *name,
+                                         ckt_fragment *first,
+                                         ckt_tcircuit **out);
 /* Waits for the next circuit a remote peer opened to tp; timeout_ms < 0
- * waits forever.  CKT_OK, CKT_ERR_TIMEOUT. */
+ * waits forever.  CKT_OK, CKT_ERR_TIMEOUT, CKT_ERR_CLOSED (tp's peer
+ * stopped). */
 CKT_EXTERN int ckt_tpeer_accept(ckt_tpeer *tp, int timeout_ms,
                                 ckt_tcircuit **out);
 /* Sends a fragment (taken) / an error fragment.  CKT_OK, CKT_ERR_AGAIN
- * (the circuit's send queue is full: try again later), CKT_ERR_TOO_LARGE,
- * CKT_ERR_CLOSED. */
+ * (the circuit's send queue is full: try again later, or use
+ * ckt_tcircuit_send_wait()), CKT_ERR_TOO_LARGE, CKT_ERR_CLOSED. */
 CKT_EXTERN int ckt_tcircuit_send(ckt_tcircuit *tc, ckt_fragment *f);
 CKT_EXTERN int ckt_tcircuit_send_error(ckt_tcircuit *tc, const char *err);
+/* Sends a fragment (taken, whatever happens), waiting while the circuit's
+ * send queue is full: it tries again each time the queue drains (the
+ * `writable` event), without polling.  timeout_ms < 0 waits forever.
+ * Several threads may wait on one circuit; each fragment goes out whole,
+ * in the order the sends succeed.  CKT_OK, CKT_ERR_TIMEOUT (still full
+ * when timeout_ms elapsed; nothing was sent), CKT_ERR_TOO_LARGE,
+ * CKT_ERR_CLOSED, CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_tcircuit_send_wait(ckt_tcircuit *tc, ckt_fragment *f,
+                                      int timeout_ms);
 /* Waits for the next fragment (data, or an error one: type CKT_FRAG_ERROR)
  * in order; free it with ckt_fragment_free().  CKT_OK, CKT_ERR_TIMEOUT,
  * CKT_ERR_CLOSED (closed and nothing left: see ckt_tcircuit_reason()). */
@@ -198,6 +230,10 @@ CKT_EXTERN int ckt_tcircuit_recv(ckt_tcircuit *tc, int timeout_ms,
 CKT_EXTERN const char *ckt_tcircuit_name(const ckt_tcircuit *tc);
 /* Why the circuit closed, or NULL while it is open. */
 CKT_EXTERN const char *ckt_tcircuit_reason(const ckt_tcircuit *tc);
+/* The remote peer's URL, or "" until it is known (a prefer-extant circuit
+ * learns it from the first fragment back).  Once known it stays valid
+ * until ckt_tcircuit_close(). */
+CKT_EXTERN const char *ckt_tcircuit_remote_url(const ckt_tcircuit *tc);
 /* Closes (telling the remote end) and releases the handle. */
 CKT_EXTERN void ckt_tcircuit_close(ckt_tcircuit *tc, const char *reason);
 

@@ -7,6 +7,11 @@
  * inbox fills, the circuit's received bytes stop being credited to its
  * QUIC stream, so the sender of that circuit alone is held back; reading
  * gives the credit back.
+ *
+ * A sender whose circuit's send queue is full can wait for room
+ * (ckt_tcircuit_send_wait): the circuit's `writable` callback bumps a
+ * generation counter that the waiting thread read before its attempt, so
+ * a wakeup between the attempt and the wait is never lost.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -34,8 +39,11 @@ struct ckt_tcircuit {
   item *head, *tail;
   size_t count, bytes;
   int closed, stalled;
+  unsigned writable_gen; /* bumped by every `writable` (under mu) */
+  int remote_known;      /* remote_url is set, never written again */
   char reason[512];
   char name[CKT_MESSAGE_SUBJECT_MAX + 1];
+  char remote_url[CKT_PEER_URL_MAX];
   ckt_tcircuit *accept_next; /* in tp's accept queue */
 };
 
@@ -60,7 +68,7 @@ typedef struct sync_job {
   ckt_tpeer *tp;
   ckt_tcircuit *tc;
   ckt_fragment *f;
-  const char *text, *text2;
+  const char *text, *text2, *text3;
 } sync_job;
 
 static void sync_run(void *arg) {
@@ -152,6 +160,20 @@ static void tc_unref(ckt_tcircuit *tc) {
 
 /* ---- the service the thread peers run (loop thread) ---------------------- */
 
+/* Records the remote peer's URL once it names a peer: a prefer-extant
+ * circuit learns which instance answered from the first fragment back.
+ * mu held, or tc not yet seen by the program. */
+static void tc_learn_remote(ckt_tcircuit *tc, ckt_circuit *c) {
+  static const uint8_t zero[CKT_PEER_ID_LEN];
+  const char *url = ckt_circuit_remote_url(c);
+  ckt_url u;
+  if (ckt_url_parse(url, &u) == CKT_OK &&
+      memcmp(u.peer_id, zero, sizeof(zero)) != 0) {
+    snprintf(tc->remote_url, sizeof(tc->remote_url), "%s", url);
+    tc->remote_known = 1;
+  }
+}
+
 static ckt_tcircuit *tc_new(ckt_tpeer *tp, ckt_circuit *c) {
   ckt_tcircuit *tc = calloc(1, sizeof(*tc));
   if (tc) {
@@ -162,6 +184,7 @@ static ckt_tcircuit *tc_new(ckt_tpeer *tp, ckt_circuit *c) {
     tp->refs++;
     pthread_mutex_unlock(&tp->mu);
     snprintf(tc->name, sizeof(tc->name), "%s", ckt_circuit_name(c));
+    tc_learn_remote(tc, c);
     ckt_circuit_set_user(c, tc);
   }
   return tc;
@@ -213,6 +236,9 @@ static void t_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
   }
   it->next = NULL;
   pthread_mutex_lock(&tp->mu);
+  if (!tc->remote_known) {
+    tc_learn_remote(tc, c);
+  }
   if (tc->tail) {
     tc->tail->next = it;
   } else {
@@ -239,6 +265,9 @@ static void t_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
     return;
   }
   pthread_mutex_lock(&tp->mu);
+  if (!tc->remote_known) {
+    tc_learn_remote(tc, c);
+  }
   tc->closed = 1;
   tc->c = NULL;
   snprintf(tc->reason, sizeof(tc->reason), "%s", reason);
@@ -247,14 +276,32 @@ static void t_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
   tc_unref(tc); /* the loop's reference */
 }
 
-/* The peer is going away (ckt_tpeer_stop, or the whole node stopping):
- * jobs posted later must not touch it, and waiting acceptors wake. */
+/* The circuit's send queue has room again: senders waiting in
+ * ckt_tcircuit_send_wait() try again. */
+static void t_writable(ckt_peer *p, ckt_circuit *c, void *user) {
+  ckt_tpeer *tp = user;
+  ckt_tcircuit *tc = ckt_circuit_user(c);
+  (void)p;
+  if (!tc) {
+    return;
+  }
+  pthread_mutex_lock(&tp->mu);
+  tc->writable_gen++;
+  pthread_cond_broadcast(&tp->cv);
+  pthread_mutex_unlock(&tp->mu);
+}
+
+/* A peer of the service is going away (ckt_tpeer_stop, or the whole node
+ * stopping).  If it is tp's own, jobs posted later must not touch it, and
+ * waiting acceptors wake.  Other peers of the service (started at remote
+ * nodes' requests) share tp but are not tp->p. */
 static void t_stopping(ckt_peer *p, void *user) {
   ckt_tpeer *tp = user;
-  (void)p;
   pthread_mutex_lock(&tp->mu);
-  tp->p = NULL;
-  pthread_cond_broadcast(&tp->cv);
+  if (tp->p == p) {
+    tp->p = NULL;
+    pthread_cond_broadcast(&tp->cv);
+  }
   pthread_mutex_unlock(&tp->mu);
 }
 
@@ -264,6 +311,7 @@ static const ckt_peer_service thread_service = {
     .fragment = t_fragment,
     .error = t_fragment, /* error fragments queue in order too */
     .circuit_closed = t_closed,
+    .writable = t_writable,
 };
 
 /* ---- peers --------------------------------------------------------------- */
@@ -315,10 +363,10 @@ const char *ckt_tpeer_url(const ckt_tpeer *tp) {
 
 static void do_stop(sync_job *j) {
   ckt_tpeer *tp = j->tp;
-  if (tp->p) {
-    ckt_peer_stop(tp->p); /* t_stopping clears tp->p */
-  }
   node_unregister_peer_service(tp->n, tp->service, tp);
+  /* tp->p (t_stopping clears it) and any peer a remote node started for
+   * the service: they all hand their circuits to tp. */
+  circuit_stop_peers_of(tp->n, tp->service, tp);
   j->rv = CKT_OK;
 }
 
@@ -347,14 +395,9 @@ void ckt_tpeer_stop(ckt_tpeer *tp) {
 
 /* ---- circuits ------------------------------------------------------------ */
 
-static void do_open(sync_job *j) {
-  ckt_circuit *c;
-  if (!j->tp->p) {
-    j->rv = CKT_ERR_CLOSED;
-    return; /* the caller frees j->f */
-  }
-  j->rv = ckt_peer_open_circuit(j->tp->p, j->text, j->text2, j->f, NULL, &c);
-  j->f = NULL;
+/* Wraps a circuit just opened (j->rv says whether it was) for the
+ * program. */
+static void opened(sync_job *j, ckt_circuit *c) {
   if (j->rv == CKT_OK) {
     j->tc = tc_new(j->tp, c);
     if (!j->tc) {
@@ -364,23 +407,93 @@ static void do_open(sync_job *j) {
   }
 }
 
+static void do_open(sync_job *j) {
+  ckt_circuit *c;
+  if (!j->tp->p) {
+    j->rv = CKT_ERR_CLOSED;
+    return; /* the caller frees j->f */
+  }
+  j->rv = ckt_peer_open_circuit(j->tp->p, j->text, j->text2, j->f, NULL, &c);
+  j->f = NULL;
+  opened(j, c);
+}
+
+static void do_open_extant(sync_job *j) {
+  ckt_circuit *c;
+  if (!j->tp->p) {
+    j->rv = CKT_ERR_CLOSED;
+    return; /* the caller frees j->f */
+  }
+  j->rv = ckt_peer_open_circuit_extant(j->tp->p, j->text, j->text2, j->text3,
+                                       j->f, NULL, &c);
+  j->f = NULL;
+  opened(j, c);
+}
+
+static void do_open_sibling(sync_job *j) {
+  ckt_circuit *c;
+  if (!j->tc->c) {
+    j->rv = CKT_ERR_CLOSED;
+    return; /* the caller frees j->f */
+  }
+  j->tp = j->tc->tp;
+  j->rv = ckt_circuit_open_sibling(j->tc->c, j->text, j->f, NULL, &c);
+  j->f = NULL;
+  opened(j, c);
+}
+
+/* Runs an open job on tp's loop; the first fragment is taken whatever
+ * happens. */
+static int open_job(ckt_tpeer *tp, sync_job *j, void (*fn)(sync_job *),
+                    ckt_tcircuit **out) {
+  int rv = on_loop_wait(tp->n, j, fn);
+  ckt_fragment_free(j->f); /* set only if the loop never took it */
+  if (rv == CKT_OK) {
+    *out = j->tc;
+  }
+  return rv;
+}
+
 int ckt_tpeer_open(ckt_tpeer *tp, const char *url, const char *name,
                    ckt_fragment *first, ckt_tcircuit **out) {
   sync_job j;
-  int rv;
   memset(&j, 0, sizeof(j));
   j.tp = tp;
   j.text = url;
   j.text2 = name;
   j.f = first;
-  rv = on_loop_wait(tp->n, &j, do_open);
-  if (j.f) {
-    ckt_fragment_free(j.f); /* the loop never ran it */
+  return open_job(tp, &j, do_open, out);
+}
+
+int ckt_tpeer_open_extant(ckt_tpeer *tp, const char *host_port,
+                          const char *service, const char *name,
+                          ckt_fragment *first, ckt_tcircuit **out) {
+  sync_job j;
+  if (!tp || !out) {
+    ckt_fragment_free(first);
+    return CKT_ERR_INVALID_ARGUMENT;
   }
-  if (rv == CKT_OK) {
-    *out = j.tc;
+  memset(&j, 0, sizeof(j));
+  j.tp = tp;
+  j.text = host_port;
+  j.text2 = service;
+  j.text3 = name;
+  j.f = first;
+  return open_job(tp, &j, do_open_extant, out);
+}
+
+int ckt_tcircuit_open_sibling(ckt_tcircuit *tc, const char *name,
+                              ckt_fragment *first, ckt_tcircuit **out) {
+  sync_job j;
+  if (!tc || !out) {
+    ckt_fragment_free(first);
+    return CKT_ERR_INVALID_ARGUMENT;
   }
-  return rv;
+  memset(&j, 0, sizeof(j));
+  j.tc = tc;
+  j.text = name;
+  j.f = first;
+  return open_job(tc->tp, &j, do_open_sibling, out);
 }
 
 int ckt_tpeer_accept(ckt_tpeer *tp, int timeout_ms, ckt_tcircuit **out) {
@@ -408,18 +521,16 @@ int ckt_tpeer_accept(ckt_tpeer *tp, int timeout_ms, ckt_tcircuit **out) {
   return rv;
 }
 
+/* Sends j->f (or an error fragment, j->text) on the loop; the fragment
+ * stays with the caller, who frees it (off the loop) or tries again. */
 static void do_send(sync_job *j) {
   ckt_circuit *c = j->tc->c;
-  ckt_fragment *f = j->f;
-  j->f = NULL;
   if (!c) {
-    ckt_fragment_free(f);
     j->rv = CKT_ERR_CLOSED;
-    return;
-  }
-  j->rv = j->text ? ckt_circuit_send_error(c, j->text) : ckt_circuit_send(c, f);
-  if (j->text) {
-    ckt_fragment_free(f);
+  } else if (j->text) {
+    j->rv = ckt_circuit_send_error(c, j->text);
+  } else {
+    j->rv = circuit_send_data(c, j->f);
   }
 }
 
@@ -430,7 +541,43 @@ int ckt_tcircuit_send(ckt_tcircuit *tc, ckt_fragment *f) {
   j.tc = tc;
   j.f = f;
   rv = on_loop_wait(tc->tp->n, &j, do_send);
-  ckt_fragment_free(j.f);
+  ckt_fragment_free(f);
+  return rv;
+}
+
+int ckt_tcircuit_send_wait(ckt_tcircuit *tc, ckt_fragment *f, int timeout_ms) {
+  ckt_tpeer *tp = tc->tp;
+  struct timespec until;
+  int timed = deadline_of(timeout_ms, &until), rv;
+  unsigned gen;
+  sync_job j;
+  for (;;) {
+    /* Read before the attempt: a `writable` from then on bumps it. */
+    pthread_mutex_lock(&tp->mu);
+    gen = tc->writable_gen;
+    pthread_mutex_unlock(&tp->mu);
+    memset(&j, 0, sizeof(j));
+    j.tc = tc;
+    j.f = f;
+    rv = on_loop_wait(tp->n, &j, do_send);
+    if (rv != CKT_ERR_AGAIN) {
+      break;
+    }
+    pthread_mutex_lock(&tp->mu);
+    while (rv == CKT_ERR_AGAIN && tc->writable_gen == gen) {
+      if (tc->closed) {
+        rv = CKT_ERR_CLOSED;
+      } else if (wait_until(tp, timed, &until) != 0 &&
+                 tc->writable_gen == gen && !tc->closed) {
+        rv = CKT_ERR_TIMEOUT;
+      }
+    }
+    pthread_mutex_unlock(&tp->mu);
+    if (rv != CKT_ERR_AGAIN) {
+      break;
+    }
+  }
+  ckt_fragment_free(f);
   return rv;
 }
 
@@ -504,6 +651,14 @@ const char *ckt_tcircuit_name(const ckt_tcircuit *tc) {
 
 const char *ckt_tcircuit_reason(const ckt_tcircuit *tc) {
   return tc->closed ? tc->reason : NULL;
+}
+
+const char *ckt_tcircuit_remote_url(const ckt_tcircuit *tc) {
+  int known;
+  pthread_mutex_lock(&tc->tp->mu);
+  known = tc->remote_known;
+  pthread_mutex_unlock(&tc->tp->mu);
+  return known ? tc->remote_url : "";
 }
 
 static void do_close(sync_job *j) {

@@ -737,14 +737,16 @@ void circuit_writable(ckt_stream *s, rxstate *rx) {
   }
 }
 
-int ckt_circuit_send(ckt_circuit *c, ckt_fragment *f) {
-  int rv;
+int circuit_send_data(ckt_circuit *c, ckt_fragment *f) {
   if (!c || !f || !c->p) {
-    ckt_fragment_free(f);
     return CKT_ERR_CLOSED;
   }
   f->type = CKT_FRAG_DATA;
-  rv = circuit_write(c, f, 0, 0);
+  return circuit_write(c, f, 0, 0); /* encodes a copy; f stays as it was */
+}
+
+int ckt_circuit_send(ckt_circuit *c, ckt_fragment *f) {
+  int rv = circuit_send_data(c, f);
   ckt_fragment_free(f);
   return rv;
 }
@@ -835,6 +837,18 @@ void ckt_peer_stop(ckt_peer *p) {
     p->next->prev = p->prev;
   }
   free(p);
+}
+
+void circuit_stop_peers_of(ckt_node *n, const char *service, const void *user) {
+  ckt_peer *p;
+  for (p = n->peers; p;) {
+    if (!p->stopping && p->user == user && strcmp(p->service, service) == 0) {
+      ckt_peer_stop(p); /* frees p and unlinks it: start over */
+      p = n->peers;
+    } else {
+      p = p->next;
+    }
+  }
 }
 
 int circuit_stop_all(ckt_node *n) {

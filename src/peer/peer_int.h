@@ -121,6 +121,12 @@ void circuit_pump(pconn *pc);
 void circuit_adopt(pconn *to, pconn *from);
 void circuit_conn_lost(pconn *pc, const char *why);
 void circuit_writable(ckt_stream *s, rxstate *rx);
+/* ckt_circuit_send() that never takes f (the caller frees it, so it can
+ * try again after CKT_ERR_AGAIN without copying the payload). */
+int circuit_send_data(ckt_circuit *c, ckt_fragment *f);
+/* Stops every peer of `service` whose callbacks get `user` (a thread peer
+ * going away: the peers remote nodes started for it too). */
+void circuit_stop_peers_of(ckt_node *n, const char *service, const void *user);
 /* Stops every peer; 1 if any circuit was closed (CLOSE frames queued). */
 int circuit_stop_all(ckt_node *n);
 /* A frame on a circuit's stream did not decode: the circuit ends. */

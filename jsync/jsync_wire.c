@@ -127,6 +127,10 @@ uint64_t jsync_r_varint(jsync_rbuf *r) {
     }
     v |= (uint64_t)(b & 0x7f) << shift;
     if (!(b & 0x80)) {
+      if (b == 0 && shift > 0) {
+        r->err = 1; /* overlong: every value has one encoding */
+        return 0;
+      }
       return v;
     }
     shift += 7;
@@ -585,19 +589,29 @@ int jsync_done_decode(const void *p, size_t len, jsync_done *d) {
 /* ---- checking any message ------------------------------------------------ */
 
 static int check_batch(int64_t op, jsync_rbuf *r) {
-  static jsync_wentry e; /* large; the fuzzer is single-threaded */
-  jsync_result res;
   jsync_req q;
   int rv;
   switch (op) {
-  case JSYNC_OP_ENTRIES:
-    while ((rv = jsync_entry_next(r, &e)) == 1) {
+  case JSYNC_OP_ENTRIES: {
+    jsync_wentry *e = malloc(sizeof(*e));
+    if (!e) {
+      return -1;
     }
-    return rv;
-  case JSYNC_OP_RESULTS:
-    while ((rv = jsync_result_next(r, &res)) == 1) {
+    while ((rv = jsync_entry_next(r, e)) == 1) {
     }
+    free(e);
     return rv;
+  }
+  case JSYNC_OP_RESULTS: {
+    jsync_result *res = malloc(sizeof(*res));
+    if (!res) {
+      return -1;
+    }
+    while ((rv = jsync_result_next(r, res)) == 1) {
+    }
+    free(res);
+    return rv;
+  }
   case JSYNC_OP_REQ:
     while ((rv = jsync_req_next(r, &q)) == 1) {
       uint64_t i, a, b;

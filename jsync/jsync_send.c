@@ -47,7 +47,7 @@ typedef struct sender_chan {
   ckt_tcircuit *tc;
   pthread_t th;
   ZSTD_CCtx *zc;
-  uint8_t *buf, *out; /* BLOCK, and header + compressed bound */
+  uint8_t *buf, *out; /* BLOCK, and 32 header bytes + compressed bound */
   size_t out_cap;
   unsigned backoff;
   cached cache[CACHE_MAX];
@@ -66,60 +66,111 @@ static int all_zero(const uint8_t *p, size_t n) {
   return memcmp(p, z, n) == 0;
 }
 
-/* Sends one DATA message for n bytes of file id at off. */
-static int send_block(sender_chan *c, uint64_t id, uint64_t off,
-                      const uint8_t *p, size_t n) {
-  jsync_sess *s = c->s;
+/* A DATA header's bytes; returns its length (at most 32). */
+static size_t data_head(uint8_t *out, uint64_t id, uint64_t off, uint8_t codec,
+                        size_t n) {
   jsync_wbuf w;
   jsync_data_head d;
-  size_t hl, clen = 0;
+  size_t len = 0;
   d.id = id;
   d.off = off;
+  d.codec = codec;
   d.raw_len = (uint32_t)n;
-  d.codec = JSYNC_CODEC_RAW;
-  if (all_zero(p, n)) {
-    d.codec = JSYNC_CODEC_ZERO;
-  }
   jsync_wbuf_init(&w);
   jsync_data_head_put(&w, &d);
-  if (w.err || w.len > 64) {
-    jsync_wbuf_free(&w);
+  if (!w.err && w.len <= 32) {
+    memcpy(out, w.p, w.len);
+    len = w.len;
+  }
+  jsync_wbuf_free(&w);
+  return len;
+}
+
+/* Sends op with a payload the fragment takes over (no copy): the bulk
+ * path.  It waits as long as the receiver needs; a receiver that gives up
+ * closes the circuit, which ends the wait. */
+static int send_owned(jsync_sess *s, ckt_tcircuit *tc, int64_t op,
+                      uint8_t *payload, size_t len) {
+  ckt_fragment *f = ckt_fragment_new();
+  int rv;
+  if (!f) {
+    free(payload);
     return sess_fail(s, FAIL_NOMEM, "out of memory");
   }
-  hl = w.len;
-  memcpy(c->out, w.p, hl);
-  jsync_wbuf_free(&w);
-  if (d.codec == JSYNC_CODEC_ZERO) {
-    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, c->out, hl);
+  f->type = CKT_FRAG_DATA;
+  f->op = op;
+  f->payload = payload;
+  f->payload_len = len;
+  rv = ckt_tcircuit_send_wait(tc, f, -1);
+  return rv == CKT_OK ? 0 : sess_fail_circuit(s, tc, rv, NULL);
+}
+
+/* Reads up to `want` bytes of fd at off and sends them as one DATA
+ * message: raw (read straight into the message), zstd-compressed when
+ * that saves a sixteenth, or a zero run.  *got says how many were read
+ * (0 at the end of a file that shrank); h and the live counters see
+ * them. */
+static int send_block(sender_chan *c, uint64_t id, int fd, uint64_t off,
+                      size_t want, whole_hash *h, size_t *got) {
+  jsync_sess *s = c->s;
+  uint8_t head[32];
+  size_t hl = data_head(head, id, off, JSYNC_CODEC_RAW, want), n, clen = 0;
+  uint8_t *pay = hl ? malloc(hl + want) : NULL;
+  ssize_t r;
+  if (!pay) {
+    return sess_fail(s, FAIL_NOMEM, "out of memory");
+  }
+  do {
+    r = pread(fd, pay + hl, want, (off_t)off);
+  } while (r < 0 && errno == EINTR);
+  if (r <= 0) {
+    free(pay);
+    *got = 0;
+    return r < 0 ? (errno ? errno : EIO) : 0;
+  }
+  n = (size_t)r;
+  *got = n;
+  if (h) {
+    whole_update(h, pay + hl, n);
+  }
+  if (s->opts && s->opts->live) {
+    live_add(&s->opts->live->bytes_done, n);
+  }
+  if (all_zero(pay + hl, n)) {
+    free(pay);
+    hl = data_head(head, id, off, JSYNC_CODEC_ZERO, n);
+    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, head, hl);
   }
   if (!(s->flags & JSYNC_F_NO_COMPRESS) && c->zc && n >= 512) {
     if (c->backoff > 0) {
       c->backoff--;
     } else {
-      size_t r = ZSTD_compressCCtx(c->zc, c->out + hl + 1, c->out_cap - hl - 1,
-                                   p, n, s->zlevel);
-      if (!ZSTD_isError(r) && r < n - n / 16) {
-        clen = r;
+      size_t z = ZSTD_compressCCtx(c->zc, c->out + 32, c->out_cap - 32,
+                                   pay + hl, n, s->zlevel);
+      if (!ZSTD_isError(z) && z < n - n / 16) {
+        clen = z;
       } else {
         c->backoff = BACKOFF;
       }
     }
   }
   if (clen > 0) {
-    /* rewrite the header with the codec: same length, codec byte moves */
-    d.codec = JSYNC_CODEC_ZSTD;
-    jsync_wbuf_init(&w);
-    jsync_data_head_put(&w, &d);
-    if (w.err || w.len != hl) {
-      jsync_wbuf_free(&w);
-      return sess_fail(s, FAIL_NOMEM, "out of memory");
-    }
-    memcpy(c->out + 1, w.p, hl);
-    jsync_wbuf_free(&w);
-    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, c->out + 1, hl + clen);
+    size_t zl = data_head(head, id, off, JSYNC_CODEC_ZSTD, n);
+    free(pay);
+    memcpy(c->out + 32 - zl, head, zl);
+    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, c->out + 32 - zl,
+                           zl + clen);
   }
-  memcpy(c->out + hl, p, n);
-  return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, c->out, hl + n);
+  if (n != want) {
+    /* a short read: the header's length changes, maybe its size too */
+    size_t hl2 = data_head(head, id, off, JSYNC_CODEC_RAW, n);
+    if (hl2 != hl) {
+      memmove(pay + hl2, pay + hl, n);
+      hl = hl2;
+    }
+  }
+  memcpy(pay, head, hl);
+  return send_owned(s, c->tc, JSYNC_OP_DATA, pay, hl + n);
 }
 
 static int send_zeros(sender_chan *c, uint64_t id, uint64_t off, uint64_t n) {
@@ -177,9 +228,7 @@ static int open_entry(jsync_sess *s, const sent_entry *e) {
  * it got. */
 static int send_range(sender_chan *c, uint64_t id, int fd, uint64_t off,
                       uint64_t len, whole_hash *h, uint64_t *sent) {
-  jsync_sess *s = c->s;
   uint64_t end = off + len;
-  jsync_live *live = s->opts ? s->opts->live : NULL;
   *sent = off;
   while (off < end) {
     off_t data = lseek(fd, (off_t)off, SEEK_DATA), hole;
@@ -204,28 +253,18 @@ static int send_range(sender_chan *c, uint64_t id, int fd, uint64_t off,
       hole = (off_t)end;
     }
     while (off < (uint64_t)hole) {
-      size_t want =
-          (uint64_t)hole - off > BLOCK ? BLOCK : (size_t)((uint64_t)hole - off);
-      ssize_t n = pread(fd, c->buf, want, (off_t)off);
-      if (n < 0 && errno == EINTR) {
-        continue;
+      size_t want = (uint64_t)hole - off > BLOCK
+                        ? BLOCK
+                        : (size_t)((uint64_t)hole - off),
+             got = 0;
+      int rv = send_block(c, id, fd, off, want, h, &got);
+      if (rv != 0) {
+        return rv; /* -1: the session failed; > 0: errno */
       }
-      if (n < 0) {
-        return errno ? errno : EIO;
-      }
-      if (n == 0) {
+      if (got == 0) {
         return 0; /* the file shrank: send what there is */
       }
-      if (send_block(c, id, off, c->buf, (size_t)n) != 0) {
-        return -1;
-      }
-      if (h) {
-        whole_update(h, c->buf, (size_t)n);
-      }
-      if (live) {
-        live_add(&live->bytes_done, (uint64_t)n);
-      }
-      off += (uint64_t)n;
+      off += got;
       *sent = off;
     }
   }

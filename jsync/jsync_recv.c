@@ -1550,6 +1550,14 @@ int receiver_run(jsync_sess *s) {
       finish_dirs(s);
     }
   }
+  /* The sender's circuit threads may go. */
+  for (k = 0; k < rs.nch && !sess_failed(s); ++k) {
+    jsync_req q = {JSYNC_REQ_END, 0, 0};
+    jsync_wbuf w;
+    jsync_wbuf_init(&w);
+    jsync_req_put(&w, &q);
+    sess_send(s, rs.ch[k].tc, JSYNC_OP_REQ, &w);
+  }
   if (!sess_failed(s) && sess_flush_results(s) == 0) {
     jsync_done d;
     jsync_wbuf w;

@@ -500,6 +500,9 @@ static void *sender_chan_main(void *arg) {
       case JSYNC_REQ_DATA:
         rv = serve_data(c, &q, &r);
         break;
+      case JSYNC_REQ_END:
+        rv = 1; /* the receiver is done with this circuit */
+        break;
       case JSYNC_REQ_CANCEL: {
         cached *x = cache_find(c, q.id);
         if (x) {
@@ -512,6 +515,10 @@ static void *sender_chan_main(void *arg) {
     if (rv == 0 && more < 0) {
       sess_fail(s, FAIL_PROTOCOL, "malformed request");
       rv = -1;
+    }
+    if (rv > 0) {
+      ckt_fragment_free(f);
+      break;
     }
     ckt_fragment_free(f);
     if (rv != 0) {

@@ -385,7 +385,7 @@ int jsync_req_next(jsync_rbuf *r, jsync_req *q) {
     q->nitems = jsync_r_count(r, 1, UINT32_MAX);
   } else if (q->kind == JSYNC_REQ_DATA) {
     q->nitems = jsync_r_count(r, 2, UINT32_MAX);
-  } else if (q->kind < JSYNC_REQ_WHOLE || q->kind > JSYNC_REQ_CANCEL) {
+  } else if (q->kind < JSYNC_REQ_WHOLE || q->kind > JSYNC_REQ_END) {
     r->err = 1;
   }
   return r->err ? -1 : 1;

@@ -183,7 +183,8 @@ enum {
   JSYNC_REQ_GROUPS = 2, /* send its group list: GROUPS */
   JSYNC_REQ_CHUNKS = 3, /* send these groups' chunk lists: CHUNKS each */
   JSYNC_REQ_DATA = 4,   /* send these byte ranges: DATA..., FILE_END */
-  JSYNC_REQ_CANCEL = 5  /* the receiver gives the file up: nothing */
+  JSYNC_REQ_CANCEL = 5, /* the receiver gives the file up: nothing */
+  JSYNC_REQ_END = 6     /* no more requests on this circuit */
 };
 typedef struct jsync_req {
   uint8_t kind;

@@ -62,6 +62,7 @@ struct ckt_conn {
   void *user;
   uint64_t serial;
   int client, ready, dead, notified;
+  int confirmed;    /* the handshake is confirmed: no more padded packets */
   uint64_t unacked; /* bytes written on its streams, not yet acknowledged */
   ngtcp2_cid odcid; /* server: the client's first DCID, filed in the map */
   ckt_stream *pend_head, *pend_tail;
@@ -526,6 +527,11 @@ static void conn_write(ckt_conn *c) {
     return;
   }
   pkt = ngtcp2_conn_get_path_max_tx_udp_payload_size(c->q);
+  /* Handshake packets are padded to the buffer they are written into:
+   * keep them at the usual size even where big packets are allowed. */
+  if (pkt > NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE && !c->confirmed) {
+    pkt = NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE;
+  }
   max_pkts = ngtcp2_conn_get_send_quantum(c->q) / pkt;
   if (max_pkts > MAX_GSO_PKTS) {
     max_pkts = MAX_GSO_PKTS;
@@ -849,11 +855,19 @@ static int cb_remove_cid(ngtcp2_conn *q, const ngtcp2_cid *cid, void *user) {
   return 0;
 }
 
+static int cb_handshake_confirmed(ngtcp2_conn *q, void *user) {
+  ckt_conn *c = user;
+  (void)q;
+  c->confirmed = 1;
+  return 0;
+}
+
 static const ngtcp2_callbacks callbacks = {
     .client_initial = ngtcp2_crypto_client_initial_cb,
     .recv_client_initial = ngtcp2_crypto_recv_client_initial_cb,
     .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
     .handshake_completed = cb_handshake_completed,
+    .handshake_confirmed = cb_handshake_confirmed,
     .encrypt = ngtcp2_crypto_encrypt_cb,
     .decrypt = ngtcp2_crypto_decrypt_cb,
     .hp_mask = ngtcp2_crypto_hp_mask_cb,

@@ -208,11 +208,15 @@ static int send_file_end(sender_chan *c, uint64_t id, int err, uint64_t size,
   return sess_send(c->s, c->tc, JSYNC_OP_FILE_END, &w);
 }
 
-static const sent_entry *entry_of(jsync_sess *s, uint64_t id) {
+/* A copy of entry id (the array moves while the list grows; the path
+ * string it points to does not), or NULL when id names no file. */
+static const sent_entry *entry_of(jsync_sess *s, uint64_t id,
+                                  sent_entry *copy) {
   const sent_entry *e = NULL;
   pthread_mutex_lock(&s->mu);
   if (id < s->nents && s->ents[id].type == JSYNC_E_FILE) {
-    e = &s->ents[id];
+    *copy = s->ents[id];
+    e = copy;
   }
   pthread_mutex_unlock(&s->mu);
   return e;
@@ -273,7 +277,8 @@ static int send_range(sender_chan *c, uint64_t id, int fd, uint64_t off,
 
 static int serve_whole(sender_chan *c, uint64_t id) {
   jsync_sess *s = c->s;
-  const sent_entry *e = entry_of(s, id);
+  sent_entry ecopy;
+  const sent_entry *e = entry_of(s, id, &ecopy);
   struct stat st;
   whole_hash *h;
   uint8_t hash[JSYNC_HASH_LEN];
@@ -348,7 +353,8 @@ static int file_blake2b(int fd, uint8_t *buf, uint8_t out[JSYNC_HASH_LEN]) {
 
 static int serve_groups(sender_chan *c, uint64_t id) {
   jsync_sess *s = c->s;
-  const sent_entry *e = entry_of(s, id);
+  sent_entry ecopy;
+  const sent_entry *e = entry_of(s, id, &ecopy);
   jsync_groups_head gh;
   jsync_wbuf w;
   struct stat st;
@@ -447,7 +453,8 @@ static int serve_chunks(sender_chan *c, const jsync_req *q, jsync_rbuf *r) {
 static int serve_data(sender_chan *c, const jsync_req *q, jsync_rbuf *r) {
   jsync_sess *s = c->s;
   cached *x = cache_find(c, q->id);
-  const sent_entry *e = entry_of(s, q->id);
+  sent_entry ecopy;
+  const sent_entry *e = entry_of(s, q->id, &ecopy);
   uint64_t i, off, len, sent;
   int err = 0;
   if (!x || !e) {

@@ -9,6 +9,7 @@
  * interrupted run left), and the bytes the sender sends.  Only after the
  * result's whole-file hash equals the sender's is it renamed into place.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -212,6 +213,9 @@ typedef struct recv_state {
   unsigned nch;
   int list_done;
   strset paths; /* local paths listed (for --delete) */
+  /* Directories looked at for leftovers of interrupted runs, and those
+   * that have some: one readdir per directory, not one per file. */
+  strset scanned, leftovers;
   struct dirent_meta {
     char *lpath;
     jsync_meta meta;
@@ -426,6 +430,39 @@ static int request_whole(rchan *c, rjob *j) {
 /* ---- bases --------------------------------------------------------------- */
 
 /* Opens the old version (if it is a regular file) and leftovers. */
+/* 1 if lpath's directory holds temporary files of jsync (".*.jsync-*"),
+ * so leftovers for lpath may be there. */
+static int may_have_leftovers(jsync_sess *s, const char *lpath) {
+  recv_state *rs = s->recv;
+  char dir[JSYNC_WIRE_PATH_MAX + 300];
+  const char *slash = strrchr(lpath, '/');
+  size_t dl = slash ? (size_t)(slash - lpath) : 0;
+  DIR *d;
+  struct dirent *de;
+  int fd, found = 0;
+  memcpy(dir, lpath, dl);
+  dir[dl] = '\0';
+  if (strset_has(&rs->scanned, dir)) {
+    return strset_has(&rs->leftovers, dir);
+  }
+  fd = jsync_open_beneath(s->dst_fd, dir, O_RDONLY | O_DIRECTORY, 0);
+  d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d && fd >= 0) {
+    close(fd);
+  }
+  while (d && (de = readdir(d)) != NULL && !found) {
+    found = de->d_name[0] == '.' && strstr(de->d_name, ".jsync-") != NULL;
+  }
+  if (d) {
+    closedir(d);
+  }
+  if (strset_add(&rs->scanned, dir) != 0 ||
+      (found && strset_add(&rs->leftovers, dir) != 0)) {
+    return 1; /* out of memory: just look */
+  }
+  return found;
+}
+
 static void open_bases(jsync_sess *s, rjob *j) {
   int fd;
   if (s->dst_fd < 0) {
@@ -441,7 +478,10 @@ static void open_bases(jsync_sess *s, rjob *j) {
       close(fd);
     }
   }
-  j->nstale = jsync_stale_open(s->dst_fd, j->lpath, j->stale_fd, MAX_BASES);
+  j->nstale =
+      may_have_leftovers(s, j->lpath)
+          ? jsync_stale_open(s->dst_fd, j->lpath, j->stale_fd, MAX_BASES)
+          : 0;
   if (j->nstale < 0) {
     j->nstale = 0;
   }
@@ -777,12 +817,12 @@ static rjob *find_job(rchan *c, uint64_t id) {
 
 /* Handles one answer; a finished or failed file may already be gone, and
  * answers for it (sent before our CANCEL arrived) are skipped. */
-static int on_answer(rchan *c, const ckt_fragment *f) {
+static int on_msg(rchan *c, int64_t op, const uint8_t *p, size_t len) {
   jsync_sess *s = c->s;
   jsync_rbuf r;
   rjob *j;
-  jsync_rbuf_init(&r, f->payload, f->payload_len);
-  switch (f->op) {
+  jsync_rbuf_init(&r, p, len);
+  switch (op) {
   case JSYNC_OP_GROUPS: {
     jsync_groups_head gh;
     if (jsync_groups_head_get(&r, &gh) != 0) {
@@ -813,7 +853,7 @@ static int on_answer(rchan *c, const ckt_fragment *f) {
     if (!e) {
       return sess_fail(s, FAIL_NOMEM, "out of memory");
     }
-    if (jsync_file_end_decode(f->payload, f->payload_len, e) != 0) {
+    if (jsync_file_end_decode(p, len, e) != 0) {
       free(e);
       break;
     }
@@ -826,10 +866,27 @@ static int on_answer(rchan *c, const ckt_fragment *f) {
   }
   default:
     return sess_fail(s, FAIL_PROTOCOL, "unexpected message %lld",
-                     (long long)f->op);
+                     (long long)op);
   }
-  return sess_fail(s, FAIL_PROTOCOL, "malformed message %lld",
-                   (long long)f->op);
+  return sess_fail(s, FAIL_PROTOCOL, "malformed message %lld", (long long)op);
+}
+
+static int on_answer(rchan *c, const ckt_fragment *f) {
+  jsync_rbuf r;
+  int64_t op;
+  const uint8_t *p;
+  size_t len;
+  int rv;
+  if (f->op != JSYNC_OP_BUNDLE) {
+    return on_msg(c, f->op, f->payload, f->payload_len);
+  }
+  jsync_rbuf_init(&r, f->payload, f->payload_len);
+  while ((rv = jsync_bundle_next(&r, &op, &p, &len)) == 1) {
+    if (on_msg(c, op, p, len) != 0) {
+      return -1;
+    }
+  }
+  return rv < 0 ? sess_fail(c->s, FAIL_PROTOCOL, "malformed bundle") : 0;
 }
 
 /* Starts the jobs taken from the queue: one REQ batch for all of them,
@@ -1581,6 +1638,8 @@ int receiver_run(jsync_sess *s) {
   free(rs.ch);
   free(rs.e);
   strset_free(&rs.paths);
+  strset_free(&rs.scanned);
+  strset_free(&rs.leftovers);
   for (i = 0; i < rs.ndirs; ++i) {
     free(rs.dirs[i].lpath);
   }

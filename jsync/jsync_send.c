@@ -52,6 +52,7 @@ typedef struct sender_chan {
   unsigned backoff;
   cached cache[CACHE_MAX];
   size_t ncache;
+  jsync_wbuf bundle; /* small answers not yet sent */
 } sender_chan;
 
 static int all_zero(const uint8_t *p, size_t n) {
@@ -105,6 +106,41 @@ static int send_owned(jsync_sess *s, ckt_tcircuit *tc, int64_t op,
   return rv == CKT_OK ? 0 : sess_fail_circuit(s, tc, rv, NULL);
 }
 
+/* Small answers travel bundled: many per fragment, in order. */
+static int chan_flush(sender_chan *c) {
+  if (c->bundle.len == 0) {
+    return 0;
+  }
+  return sess_send(c->s, c->tc, JSYNC_OP_BUNDLE, &c->bundle);
+}
+
+static int chan_emit(sender_chan *c, int64_t op, const void *p, size_t n) {
+  if (n > JSYNC_BUNDLE_ITEM_MAX) {
+    if (chan_flush(c) != 0) {
+      return -1;
+    }
+    return sess_send_bytes(c->s, c->tc, op, p, n);
+  }
+  if (c->bundle.len + n + 16 > JSYNC_BUNDLE_MAX && chan_flush(c) != 0) {
+    return -1;
+  }
+  jsync_w_varint(&c->bundle, (uint64_t)op);
+  jsync_w_varint(&c->bundle, n);
+  jsync_w_bytes(&c->bundle, p, n);
+  if (c->bundle.err) {
+    jsync_wbuf_free(&c->bundle);
+    return sess_fail(c->s, FAIL_NOMEM, "out of memory");
+  }
+  return 0;
+}
+
+static int chan_emit_w(sender_chan *c, int64_t op, jsync_wbuf *w) {
+  int rv = w->err ? sess_fail(c->s, FAIL_NOMEM, "out of memory")
+                  : chan_emit(c, op, w->p, w->len);
+  jsync_wbuf_free(w);
+  return rv;
+}
+
 /* Reads up to `want` bytes of fd at off and sends them as one DATA
  * message: raw (read straight into the message), zstd-compressed when
  * that saves a sixteenth, or a zero run.  *got says how many were read
@@ -139,7 +175,7 @@ static int send_block(sender_chan *c, uint64_t id, int fd, uint64_t off,
   if (all_zero(pay + hl, n)) {
     free(pay);
     hl = data_head(head, id, off, JSYNC_CODEC_ZERO, n);
-    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, head, hl);
+    return chan_emit(c, JSYNC_OP_DATA, head, hl);
   }
   if (!(s->flags & JSYNC_F_NO_COMPRESS) && c->zc && n >= 512) {
     if (c->backoff > 0) {
@@ -158,8 +194,7 @@ static int send_block(sender_chan *c, uint64_t id, int fd, uint64_t off,
     size_t zl = data_head(head, id, off, JSYNC_CODEC_ZSTD, n);
     free(pay);
     memcpy(c->out + 32 - zl, head, zl);
-    return sess_send_bytes(s, c->tc, JSYNC_OP_DATA, c->out + 32 - zl,
-                           zl + clen);
+    return chan_emit(c, JSYNC_OP_DATA, c->out + 32 - zl, zl + clen);
   }
   if (n != want) {
     /* a short read: the header's length changes, maybe its size too */
@@ -170,6 +205,15 @@ static int send_block(sender_chan *c, uint64_t id, int fd, uint64_t off,
     }
   }
   memcpy(pay, head, hl);
+  if (hl + n <= JSYNC_BUNDLE_ITEM_MAX) {
+    int rv = chan_emit(c, JSYNC_OP_DATA, pay, hl + n);
+    free(pay);
+    return rv;
+  }
+  if (chan_flush(c) != 0) {
+    free(pay);
+    return -1;
+  }
   return send_owned(s, c->tc, JSYNC_OP_DATA, pay, hl + n);
 }
 
@@ -180,7 +224,7 @@ static int send_zeros(sender_chan *c, uint64_t id, uint64_t off, uint64_t n) {
     jsync_data_head d = {id, off, JSYNC_CODEC_ZERO, k};
     jsync_wbuf_init(&w);
     jsync_data_head_put(&w, &d);
-    if (sess_send(c->s, c->tc, JSYNC_OP_DATA, &w) != 0) {
+    if (chan_emit_w(c, JSYNC_OP_DATA, &w) != 0) {
       return -1;
     }
     off += k;
@@ -205,7 +249,7 @@ static int send_file_end(sender_chan *c, uint64_t id, int err, uint64_t size,
   }
   jsync_wbuf_init(&w);
   jsync_file_end_encode(&w, &e);
-  return sess_send(c->s, c->tc, JSYNC_OP_FILE_END, &w);
+  return chan_emit_w(c, JSYNC_OP_FILE_END, &w);
 }
 
 /* A copy of entry id (the array moves while the list grows; the path
@@ -381,6 +425,10 @@ static int serve_groups(sender_chan *c, uint64_t id) {
   if (s->opts && s->opts->live) {
     live_add(&s->opts->live->bytes_total, (uint64_t)st.st_size);
   }
+  if (chan_flush(c) != 0) { /* indexing takes a while: send what waits */
+    close(fd);
+    return -1;
+  }
   x = &c->cache[c->ncache];
   x->id = id;
   x->fd = fd;
@@ -415,7 +463,7 @@ static int serve_groups(sender_chan *c, uint64_t id) {
     wg.bytes = last->off + last->len - x->ix.chunks[a].off;
     jsync_group_put(&w, &wg);
   }
-  return sess_send(s, c->tc, JSYNC_OP_GROUPS, &w);
+  return chan_emit_w(c, JSYNC_OP_GROUPS, &w);
 }
 
 static int serve_chunks(sender_chan *c, const jsync_req *q, jsync_rbuf *r) {
@@ -443,7 +491,7 @@ static int serve_chunks(sender_chan *c, const jsync_req *q, jsync_rbuf *r) {
       jsync_id_bytes(x->ix.chunks[k].id, wc.hash);
       jsync_chunk_put(&w, &wc);
     }
-    if (sess_send(s, c->tc, JSYNC_OP_CHUNKS, &w) != 0) {
+    if (chan_emit_w(c, JSYNC_OP_CHUNKS, &w) != 0) {
       return -1;
     }
   }
@@ -523,6 +571,9 @@ static void *sender_chan_main(void *arg) {
       sess_fail(s, FAIL_PROTOCOL, "malformed request");
       rv = -1;
     }
+    if (rv >= 0 && chan_flush(c) != 0) {
+      rv = -1;
+    }
     if (rv > 0) {
       ckt_fragment_free(f);
       break;
@@ -535,6 +586,7 @@ static void *sender_chan_main(void *arg) {
   while (c->ncache > 0) {
     cache_drop(c, &c->cache[0]);
   }
+  jsync_wbuf_free(&c->bundle);
   return NULL;
 }
 

@@ -342,16 +342,25 @@ static jsync_sess *sess_new(void) {
 }
 
 static void sess_free(jsync_sess *s) {
+  char refused[sizeof(s->why) + 16];
+  const char *reason;
   size_t i;
   unsigned k;
   if (!s) {
     return;
   }
+  reason = s->fail ? s->why : "done";
+  /* The server's paths failing (a missing source, a destination that
+   * cannot be made) is a refusal to the client, not a lost connection. */
+  if (!s->is_client && (s->fail == FAIL_REFUSED || s->fail == FAIL_LOCAL)) {
+    snprintf(refused, sizeof(refused), "refused: %s", s->why);
+    reason = refused;
+  }
   for (k = 0; k < s->ndata; ++k) {
-    ckt_tcircuit_close(s->data[k], s->fail ? s->why : "done");
+    ckt_tcircuit_close(s->data[k], reason);
   }
   if (s->ctrl) {
-    ckt_tcircuit_close(s->ctrl, s->fail ? s->why : "done");
+    ckt_tcircuit_close(s->ctrl, reason);
   }
   for (i = 0; i < s->nsrc; ++i) {
     if (s->src[i].fd >= 0) {
@@ -1015,6 +1024,7 @@ int jsync_server_start(ckt_node *n, const jsync_server_opts *o,
 }
 
 void jsync_server_stop(jsync_server *srv) {
+  struct timespec until;
   srv_sess *ss;
   if (!srv) {
     return;
@@ -1034,8 +1044,28 @@ void jsync_server_stop(jsync_server *srv) {
   pthread_cond_broadcast(&srv->cv);
   pthread_mutex_unlock(&srv->mu);
   pthread_join(srv->accept_th, NULL);
-  /* Sessions notice within POLL_MS and wind down. */
+  /* Sessions notice within POLL_MS and wind down.  A sender blocked on a
+   * client that stopped reading (killed mid-pull) does not notice before
+   * the connection times out: after a grace period, stopping the peer
+   * closes every circuit, which ends its wait. */
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += 2L * POLL_MS * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
   pthread_mutex_lock(&srv->mu);
+  while (srv->threads > 0) {
+    if (pthread_cond_timedwait(&srv->cv, &srv->mu, &until) != 0) {
+      break;
+    }
+  }
+  if (srv->threads > 0) {
+    pthread_mutex_unlock(&srv->mu);
+    ckt_tpeer_stop(srv->tp);
+    srv->tp = NULL;
+    pthread_mutex_lock(&srv->mu);
+  }
   while (srv->threads > 0) {
     pthread_cond_wait(&srv->cv, &srv->mu);
   }

@@ -586,6 +586,30 @@ int jsync_done_decode(const void *p, size_t len, jsync_done *d) {
   return jsync_r_done(&r) ? 0 : -1;
 }
 
+/* ---- bundles ------------------------------------------------------------- */
+
+int jsync_bundle_next(jsync_rbuf *r, int64_t *op, const uint8_t **p,
+                      size_t *len) {
+  uint64_t n;
+  if (r->err) {
+    return -1;
+  }
+  if (r->off == r->len) {
+    return 0;
+  }
+  *op = (int64_t)jsync_r_varint_max(r, JSYNC_OP_MAX);
+  n = jsync_r_varint_max(r, JSYNC_BUNDLE_ITEM_MAX);
+  if (r->err || *op < JSYNC_OP_HELLO || *op == JSYNC_OP_BUNDLE ||
+      !r_need(r, (size_t)n)) {
+    r->err = 1;
+    return -1;
+  }
+  *p = r->p + r->off;
+  *len = (size_t)n;
+  r->off += (size_t)n;
+  return 1;
+}
+
 /* ---- checking any message ------------------------------------------------ */
 
 static int check_batch(int64_t op, jsync_rbuf *r) {
@@ -690,6 +714,21 @@ int jsync_wire_check(int64_t op, const void *p, size_t len) {
     return jsync_file_end_decode(p, len, &u.end);
   case JSYNC_OP_DONE:
     return jsync_done_decode(p, len, &u.done);
+  case JSYNC_OP_BUNDLE: {
+    int64_t iop;
+    const uint8_t *ip;
+    size_t ilen;
+    int rv;
+    if (len > JSYNC_BUNDLE_MAX) {
+      return -1;
+    }
+    while ((rv = jsync_bundle_next(&r, &iop, &ip, &ilen)) == 1) {
+      if (jsync_wire_check(iop, ip, ilen) != 0) {
+        return -1;
+      }
+    }
+    return rv;
+  }
   }
   return -1;
 }

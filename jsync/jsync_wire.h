@@ -52,8 +52,20 @@ enum {
   JSYNC_OP_FILE_END = 11,  /* sender -> receiver, data */
   JSYNC_OP_RESULTS = 12,   /* receiver -> sender, control: a batch */
   JSYNC_OP_DONE = 13,      /* receiver -> sender, control: the end */
-  JSYNC_OP_MAX = 13
+  JSYNC_OP_BUNDLE = 14,    /* several small messages: (op, length, bytes)* */
+  JSYNC_OP_MAX = 14
 };
+
+/* A BUNDLE holds messages of at most JSYNC_BUNDLE_ITEM_MAX bytes each
+ * (never another bundle), JSYNC_BUNDLE_MAX bytes in all. */
+#define JSYNC_BUNDLE_ITEM_MAX (64u * 1024)
+#define JSYNC_BUNDLE_MAX (256u * 1024 + 64)
+
+/* Reads the next message of a bundle: 1 (op, p, len set), 0 at the end,
+ * -1 malformed. */
+struct jsync_rbuf;
+int jsync_bundle_next(struct jsync_rbuf *r, int64_t *op, const uint8_t **p,
+                      size_t *len);
 
 /* Session modes: who sends the files. */
 enum { JSYNC_PUSH = 1, JSYNC_PULL = 2 };

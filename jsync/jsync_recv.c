@@ -216,6 +216,15 @@ typedef struct recv_state {
   /* Directories looked at for leftovers of interrupted runs, and those
    * that have some: one readdir per directory, not one per file. */
   strset scanned, leftovers;
+  /* Recently used destination directories (the control thread's lstat
+   * of every listed entry opens its directory once, not once per entry);
+   * emptied whenever something is removed. */
+  struct dslot {
+    char *path;
+    int fd;
+    unsigned long used;
+  } dcache[8];
+  unsigned long dclock;
   struct dirent_meta {
     char *lpath;
     jsync_meta meta;
@@ -1224,14 +1233,85 @@ static void meta_of(const jsync_wentry *e, jsync_meta *m) {
   m->mtime_nsec = e->mtime_nsec;
 }
 
+static void dcache_clear(recv_state *rs) {
+  size_t i;
+  for (i = 0; i < sizeof(rs->dcache) / sizeof(rs->dcache[0]); ++i) {
+    if (rs->dcache[i].path) {
+      close(rs->dcache[i].fd);
+      free(rs->dcache[i].path);
+      rs->dcache[i].path = NULL;
+    }
+  }
+}
+
+/* An open descriptor of directory `dir` beneath the destination (owned
+ * by the cache), or -errno. */
+static int dcache_get(jsync_sess *s, const char *dir) {
+  recv_state *rs = s->recv;
+  struct dslot *victim = &rs->dcache[0];
+  size_t i;
+  int fd;
+  for (i = 0; i < sizeof(rs->dcache) / sizeof(rs->dcache[0]); ++i) {
+    struct dslot *d = &rs->dcache[i];
+    if (d->path && strcmp(d->path, dir) == 0) {
+      d->used = ++rs->dclock;
+      return d->fd;
+    }
+    if (!d->path || d->used < victim->used) {
+      victim = d;
+    }
+  }
+  fd = jsync_open_beneath(s->dst_fd, dir, O_RDONLY | O_DIRECTORY, 0);
+  if (fd < 0) {
+    return fd;
+  }
+  if (victim->path) {
+    close(victim->fd);
+    free(victim->path);
+  }
+  victim->path = strdup(dir);
+  if (!victim->path) {
+    close(fd);
+    return -ENOMEM;
+  }
+  victim->fd = fd;
+  victim->used = ++rs->dclock;
+  return fd;
+}
+
+/* Removes lpath (whatever it is) beneath the destination. */
+static int remove_dst(jsync_sess *s, const char *lpath) {
+  dcache_clear(s->recv);
+  return jsync_remove(s->dst_fd, lpath);
+}
+
 static int lstat_dst(jsync_sess *s, const char *lpath, struct stat *st) {
+  char dir[JSYNC_WIRE_PATH_MAX + 300];
+  const char *slash;
+  size_t dl;
+  int dfd;
   if (s->dst_fd < 0) {
     return -ENOENT;
   }
   if (lpath[0] == '\0') {
     return fstat(s->dst_fd, st) == 0 ? 0 : -errno;
   }
-  return jsync_lstat_beneath(s->dst_fd, lpath, st);
+  slash = strrchr(lpath, '/');
+  dl = slash ? (size_t)(slash - lpath) : 0;
+  if (dl >= sizeof(dir)) {
+    return -ENAMETOOLONG;
+  }
+  memcpy(dir, lpath, dl);
+  dir[dl] = '\0';
+  dfd = dcache_get(s, dir);
+  if (dfd < 0) {
+    return dfd == -ENOMEM ? jsync_lstat_beneath(s->dst_fd, lpath, st) : dfd;
+  }
+  /* one component under a directory opened beneath the root, not
+   * followed: cannot leave the root */
+  return fstatat(dfd, slash ? slash + 1 : lpath, st, AT_SYMLINK_NOFOLLOW) == 0
+             ? 0
+             : -errno;
 }
 
 static int remember_dir(recv_state *rs, const char *lpath,
@@ -1254,7 +1334,11 @@ static int remember_dir(recv_state *rs, const char *lpath,
 }
 
 static int owner_differs(const struct stat *st, const jsync_meta *m) {
-  return geteuid() == 0 && (st->st_uid != m->uid || st->st_gid != m->gid);
+  static int root = -1; /* the effective uid does not change under us */
+  if (root < 0) {
+    root = geteuid() == 0;
+  }
+  return root && (st->st_uid != m->uid || st->st_gid != m->gid);
 }
 
 static int same_mtime(const struct stat *st, const jsync_meta *m) {
@@ -1270,7 +1354,7 @@ static int on_dir(jsync_sess *s, const char *lpath, const jsync_meta *m) {
     return dry ? 0 : remember_dir(rs, lpath, m);
   }
   if (!dry) {
-    if (rv == 0 && (rv = jsync_remove(s->dst_fd, lpath)) != 0) {
+    if (rv == 0 && (rv = remove_dst(s, lpath)) != 0) {
       path_result(s, JSYNC_R_FAILED, lpath, strerror(-rv));
       return 0;
     }
@@ -1316,8 +1400,7 @@ static int on_symlink(jsync_sess *s, const char *lpath, const jsync_meta *m,
     }
   }
   if (!dry) {
-    if (rv == 0 && S_ISDIR(st.st_mode) &&
-        (rv = jsync_remove(s->dst_fd, lpath)) != 0) {
+    if (rv == 0 && S_ISDIR(st.st_mode) && (rv = remove_dst(s, lpath)) != 0) {
       path_result(s, JSYNC_R_FAILED, lpath, strerror(-rv));
       return 0;
     }
@@ -1357,8 +1440,7 @@ static int on_file(jsync_sess *s, const jsync_wentry *e, const char *lpath,
     file_done(s);
     return 0;
   }
-  if (rv == 0 && S_ISDIR(st.st_mode) &&
-      (rv = jsync_remove(s->dst_fd, lpath)) != 0) {
+  if (rv == 0 && S_ISDIR(st.st_mode) && (rv = remove_dst(s, lpath)) != 0) {
     path_result(s, JSYNC_R_FAILED, lpath, strerror(-rv));
     return 0;
   }
@@ -1503,6 +1585,7 @@ static int delete_extraneous(jsync_sess *s) {
   for (i = 0; i < d.n; ++i) {
     int r = 0;
     if (rv == 0 && !(s->flags & JSYNC_F_DRY_RUN)) {
+      dcache_clear(s->recv);
       r = jsync_remove(s->dst_fd, d.victims[i]);
     }
     path_result(s, r == 0 ? JSYNC_R_DELETED : JSYNC_R_FAILED, d.victims[i],
@@ -1638,6 +1721,7 @@ int receiver_run(jsync_sess *s) {
   free(rs.ch);
   free(rs.e);
   strset_free(&rs.paths);
+  dcache_clear(&rs);
   strset_free(&rs.scanned);
   strset_free(&rs.leftovers);
   for (i = 0; i < rs.ndirs; ++i) {

@@ -104,6 +104,10 @@ int main(int argc, char **argv) {
   cfg.serve = 1;
   cfg.server_name = s.node.identity;
   rv = ckt_node_new(&cfg, &n);
+  if (rv == CKT_ERR_IO) {
+    fprintf(stderr, "jsrv: cannot serve on %s (see above).\n", s.addr);
+    return CMD_EXIT_NET;
+  }
   if (rv != CKT_OK) {
     fprintf(stderr, "jsrv: cannot start: %s.\n", ckt_strerror(rv));
     return cmd_exit_code(rv);

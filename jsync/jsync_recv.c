@@ -231,6 +231,7 @@ typedef struct recv_state {
   } * dirs;
   size_t ndirs, dirs_cap;
   jsync_wentry *e;
+  jsync_entry_ctx ctx;
 } recv_state;
 
 static int blake(const jsync_sess *s) {
@@ -1471,7 +1472,8 @@ static int on_entries(jsync_sess *s, const ckt_fragment *f) {
   jsync_rbuf r;
   int rv;
   jsync_rbuf_init(&r, f->payload, f->payload_len);
-  while ((rv = jsync_entry_next(&r, e)) == 1) {
+  jsync_entry_ctx_init(&rs->ctx);
+  while ((rv = jsync_entry_next(&r, &rs->ctx, e)) == 1) {
     jsync_meta m;
     if (map_path(s, e->path, lpath, sizeof(lpath)) != 0 ||
         (e->path[0] == '\0' && e->type != JSYNC_E_DIR)) {

@@ -597,9 +597,11 @@ typedef struct lister {
   uint32_t src;
   jsync_wbuf w;
   jsync_wentry *e;
+  jsync_entry_ctx ctx; /* each batch starts afresh */
 } lister;
 
 static int flush_list(lister *l) {
+  jsync_entry_ctx_init(&l->ctx);
   if (l->w.len == 0) {
     return 0;
   }
@@ -653,7 +655,7 @@ static int on_entry(const char *path, const jsync_meta *m, const char *link,
   e->mtime_nsec = m->mtime_nsec;
   snprintf(e->path, sizeof(e->path), "%s", path);
   snprintf(e->link, sizeof(e->link), "%s", link ? link : "");
-  jsync_entry_put(&l->w, e);
+  jsync_entry_put(&l->w, &l->ctx, e);
   if (s->opts && s->opts->live) {
     live_add(&s->opts->live->files_total, 1);
   }
@@ -676,6 +678,7 @@ static int send_list(jsync_sess *s) {
   size_t i;
   int rv;
   memset(&l, 0, sizeof(l));
+  jsync_entry_ctx_init(&l.ctx);
   l.s = s;
   l.e = malloc(sizeof(*l.e));
   if (!l.e) {

@@ -301,8 +301,19 @@ int jsync_list_begin_decode(const void *p, size_t len, jsync_list_begin *b) {
   return jsync_r_done(&r) ? 0 : -1;
 }
 
-void jsync_entry_put(jsync_wbuf *w, const jsync_wentry *e) {
-  jsync_w_varint(w, e->id);
+void jsync_entry_ctx_init(jsync_entry_ctx *c) {
+  c->next_id = 0;
+  c->prev_len = 0;
+  c->prev[0] = '\0';
+}
+
+void jsync_entry_put(jsync_wbuf *w, jsync_entry_ctx *c, const jsync_wentry *e) {
+  size_t len = strlen(e->path), shared = 0;
+  while (shared < len && shared < c->prev_len &&
+         e->path[shared] == c->prev[shared]) {
+    shared++;
+  }
+  jsync_w_varint(w, e->id - c->next_id);
   jsync_w_u8(w, e->type);
   jsync_w_varint(w, e->mode);
   jsync_w_varint(w, e->uid);
@@ -310,20 +321,30 @@ void jsync_entry_put(jsync_wbuf *w, const jsync_wentry *e) {
   jsync_w_varint(w, e->size);
   jsync_w_svarint(w, e->mtime_sec);
   jsync_w_varint(w, e->mtime_nsec);
-  jsync_w_str(w, e->path);
+  jsync_w_varint(w, shared);
+  jsync_w_str(w, e->path + shared);
   if (e->type == JSYNC_E_SYMLINK) {
     jsync_w_str(w, e->link);
   }
+  c->next_id = e->id + 1;
+  memcpy(c->prev, e->path, len + 1);
+  c->prev_len = len;
 }
 
-int jsync_entry_next(jsync_rbuf *r, jsync_wentry *e) {
+int jsync_entry_next(jsync_rbuf *r, jsync_entry_ctx *c, jsync_wentry *e) {
+  uint64_t gap, shared;
+  size_t rest;
   if (r->err) {
     return -1;
   }
   if (r->off == r->len) {
     return 0;
   }
-  e->id = jsync_r_varint(r);
+  gap = jsync_r_varint(r);
+  e->id = c->next_id + gap;
+  if (e->id < c->next_id || e->id == UINT64_MAX) {
+    r->err = 1; /* ids only grow */
+  }
   e->type = jsync_r_u8(r);
   e->mode = (uint32_t)jsync_r_varint_max(r, 07777);
   e->uid = (uint32_t)jsync_r_varint_max(r, UINT32_MAX);
@@ -331,14 +352,29 @@ int jsync_entry_next(jsync_rbuf *r, jsync_wentry *e) {
   e->size = jsync_r_varint_max(r, INT64_MAX);
   e->mtime_sec = jsync_r_svarint(r);
   e->mtime_nsec = (uint32_t)jsync_r_varint_max(r, 999999999);
-  jsync_r_str(r, e->path, sizeof(e->path), JSYNC_WIRE_PATH_MAX);
+  shared = jsync_r_varint_max(r, c->prev_len);
+  memcpy(e->path, c->prev, (size_t)shared);
+  jsync_r_str(r, e->path + shared, sizeof(e->path) - (size_t)shared,
+              JSYNC_WIRE_PATH_MAX - (size_t)shared);
+  rest = strlen(e->path + shared);
+  /* the longest shared length, or the encoding would not be canonical */
+  if (!r->err && rest > 0 && shared < c->prev_len &&
+      e->path[shared] == c->prev[shared]) {
+    r->err = 1;
+  }
   e->link[0] = '\0';
   if (e->type == JSYNC_E_SYMLINK) {
     jsync_r_str(r, e->link, sizeof(e->link), JSYNC_WIRE_PATH_MAX);
   } else if (e->type != JSYNC_E_FILE && e->type != JSYNC_E_DIR) {
     r->err = 1;
   }
-  return r->err ? -1 : 1;
+  if (r->err) {
+    return -1;
+  }
+  c->next_id = e->id + 1;
+  c->prev_len = (size_t)shared + rest;
+  memcpy(c->prev, e->path, c->prev_len + 1);
+  return 1;
 }
 
 void jsync_list_end_encode(jsync_wbuf *w, uint64_t count) {
@@ -618,12 +654,15 @@ static int check_batch(int64_t op, jsync_rbuf *r) {
   switch (op) {
   case JSYNC_OP_ENTRIES: {
     jsync_wentry *e = malloc(sizeof(*e));
-    if (!e) {
-      return -1;
-    }
-    while ((rv = jsync_entry_next(r, e)) == 1) {
+    jsync_entry_ctx *c = malloc(sizeof(*c));
+    rv = -1;
+    if (e && c) {
+      jsync_entry_ctx_init(c);
+      while ((rv = jsync_entry_next(r, c, e)) == 1) {
+      }
     }
     free(e);
+    free(c);
     return rv;
   }
   case JSYNC_OP_RESULTS: {

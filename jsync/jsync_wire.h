@@ -179,10 +179,21 @@ typedef struct jsync_wentry {
   char link[JSYNC_WIRE_PATH_MAX + 1]; /* symlinks */
 } jsync_wentry;
 
-/* ENTRIES: a batch of entries, appended one by one. */
-void jsync_entry_put(jsync_wbuf *w, const jsync_wentry *e);
+/* ENTRIES: a batch of entries, appended one by one.  Within a batch each
+ * entry is written against the one before it: its id as the gap after
+ * the previous id (ids only grow), its path as the length it shares with
+ * the previous path plus the rest (always the longest shared length, so
+ * the encoding stays canonical).  A context carries that state; start
+ * each batch with a fresh one. */
+typedef struct jsync_entry_ctx {
+  uint64_t next_id; /* the previous id + 1 (0 at the start) */
+  size_t prev_len;
+  char prev[JSYNC_WIRE_PATH_MAX + 1];
+} jsync_entry_ctx;
+void jsync_entry_ctx_init(jsync_entry_ctx *c);
+void jsync_entry_put(jsync_wbuf *w, jsync_entry_ctx *c, const jsync_wentry *e);
 /* Reads the next entry; 1 read, 0 at the end, -1 malformed. */
-int jsync_entry_next(jsync_rbuf *r, jsync_wentry *e);
+int jsync_entry_next(jsync_rbuf *r, jsync_entry_ctx *c, jsync_wentry *e);
 
 /* LIST_END: the number of entries sent. */
 void jsync_list_end_encode(jsync_wbuf *w, uint64_t count);

@@ -88,9 +88,12 @@ Test(jsync_wire, hello_round_trips) {
 
 Test(jsync_wire, entries_round_trip_and_bad_ones_are_refused) {
   jsync_wentry *e = calloc(1, sizeof(*e)), *b = calloc(1, sizeof(*b));
+  jsync_entry_ctx *wc = malloc(sizeof(*wc)), *rc = malloc(sizeof(*rc));
   jsync_wbuf w;
   jsync_rbuf r;
-  cr_assert(e && b);
+  cr_assert(e && b && wc && rc);
+  jsync_entry_ctx_init(wc);
+  jsync_entry_ctx_init(rc);
   e->id = 7;
   e->type = JSYNC_E_SYMLINK;
   e->mode = 0777;
@@ -101,21 +104,25 @@ Test(jsync_wire, entries_round_trip_and_bad_ones_are_refused) {
   strcpy(e->path, "dir/link");
   strcpy(e->link, "../target");
   jsync_wbuf_init(&w);
-  jsync_entry_put(&w, e);
+  jsync_entry_put(&w, wc, e);
   e->type = JSYNC_E_FILE;
   e->size = 1ull << 40;
-  jsync_entry_put(&w, e);
+  e->id = 9;
+  strcpy(e->path, "dir/linked");
+  jsync_entry_put(&w, wc, e);
   jsync_rbuf_init(&r, w.p, w.len);
-  cr_assert_eq(jsync_entry_next(&r, b), 1);
+  cr_assert_eq(jsync_entry_next(&r, rc, b), 1);
+  cr_assert_eq(b->id, 7);
   cr_assert_eq(b->type, JSYNC_E_SYMLINK);
   cr_assert_str_eq(b->link, "../target");
   cr_assert_eq(b->mtime_sec, -12345);
   cr_assert_eq(b->mtime_nsec, 999999999);
   cr_assert_eq(b->uid, 1234);
-  cr_assert_eq(jsync_entry_next(&r, b), 1);
+  cr_assert_eq(jsync_entry_next(&r, rc, b), 1);
   cr_assert_eq(b->size, 1ull << 40);
-  cr_assert_str_eq(b->path, "dir/link");
-  cr_assert_eq(jsync_entry_next(&r, b), 0);
+  cr_assert_eq(b->id, 9);
+  cr_assert_str_eq(b->path, "dir/linked"); /* 8 bytes shared */
+  cr_assert_eq(jsync_entry_next(&r, rc, b), 0);
   cr_assert_eq(jsync_wire_check(JSYNC_OP_ENTRIES, w.p, w.len), 0);
   jsync_wbuf_free(&w);
 
@@ -136,8 +143,41 @@ Test(jsync_wire, entries_round_trip_and_bad_ones_are_refused) {
     cr_assert_neq(jsync_wire_check(JSYNC_OP_ENTRIES, nul, sizeof(nul)), 0);
     cr_assert_neq(jsync_wire_check(JSYNC_OP_ENTRIES, type, sizeof(type)), 0);
   }
+  /* a shared length shorter than it could be is not canonical */
+  {
+    jsync_wentry *x = calloc(1, sizeof(*x));
+    uint8_t bad[64];
+    size_t n = 0;
+    cr_assert_not_null(x);
+    jsync_wbuf_init(&w);
+    jsync_entry_ctx_init(wc);
+    strcpy(x->path, "ab");
+    x->type = JSYNC_E_DIR;
+    jsync_entry_put(&w, wc, x);
+    memcpy(bad, w.p, w.len);
+    n = w.len;
+    jsync_wbuf_free(&w);
+    /* second entry "ac" written with shared 0 and "ac" */
+    bad[n++] = 0;           /* id gap */
+    bad[n++] = JSYNC_E_DIR; /* type */
+    for (int i = 0; i < 6; ++i) {
+      bad[n++] = 0; /* mode uid gid size mtime nsec */
+    }
+    bad[n++] = 0; /* shared */
+    bad[n++] = 2;
+    bad[n++] = 'a';
+    bad[n++] = 'c';
+    cr_assert_neq(jsync_wire_check(JSYNC_OP_ENTRIES, bad, n), 0);
+    bad[n - 4] = 1; /* shared 1 + "c": fine */
+    bad[n - 3] = 1;
+    bad[n - 2] = 'c';
+    cr_assert_eq(jsync_wire_check(JSYNC_OP_ENTRIES, bad, n - 1), 0);
+    free(x);
+  }
   free(e);
   free(b);
+  free(wc);
+  free(rc);
 }
 
 Test(jsync_wire, counts_cannot_exceed_the_payload) {

@@ -30,13 +30,21 @@ static void roundtrip(int op, const uint8_t *p, size_t n) {
   switch (op) {
   case JSYNC_OP_ENTRIES: {
     jsync_wentry *e = malloc(sizeof(*e));
-    if (!e) {
-      return;
-    }
-    while (jsync_entry_next(&r, e) == 1) {
-      jsync_entry_put(&w, e);
+    jsync_entry_ctx *in = malloc(sizeof(*in)), *out = malloc(sizeof(*out));
+    if (e && in && out) {
+      jsync_entry_ctx_init(in);
+      jsync_entry_ctx_init(out);
+      while (jsync_entry_next(&r, in, e) == 1) {
+        jsync_entry_put(&w, out, e);
+      }
     }
     free(e);
+    free(in);
+    free(out);
+    if (!e || !in || !out) {
+      jsync_wbuf_free(&w);
+      return;
+    }
     break;
   }
   case JSYNC_OP_RESULTS: {

@@ -229,11 +229,16 @@ static void t_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
   ckt_tcircuit *tc = ckt_circuit_user(c);
   item *it = malloc(sizeof(*it));
   (void)p;
-  if (!tc || !it || ckt_fragment_copy(f, &it->f) != CKT_OK) {
+  /* Take the delivered fragment itself; copy only if that is not it. */
+  if (tc && it) {
+    it->f = node_take_rx_fragment(ckt_peer_node(p), f);
+  }
+  if (!tc || !it || (!it->f && ckt_fragment_copy(f, &it->f) != CKT_OK)) {
     free(it);
     ckt_circuit_close(c, "out of memory at the receiver");
     return;
   }
+  f = it->f;
   it->next = NULL;
   pthread_mutex_lock(&tp->mu);
   if (!tc->remote_known) {

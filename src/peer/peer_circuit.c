@@ -670,13 +670,20 @@ int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body) {
   }
   switch (f->type) {
   case CKT_FRAG_DATA:
-  case CKT_FRAG_ERROR:
+  case CKT_FRAG_ERROR: {
+    ckt_fragment *outer = n->rx_frag;
+    n->rx_frag = f;
     if (f->type == CKT_FRAG_DATA && p->svc.fragment) {
       p->svc.fragment(p, c, f, p->user);
     } else if (f->type == CKT_FRAG_ERROR && p->svc.error) {
       p->svc.error(p, c, f, p->user);
     }
+    if (n->rx_frag != f) {
+      f = NULL; /* taken */
+    }
+    n->rx_frag = outer;
     break;
+  }
   case CKT_FRAG_CLOSE:
   case CKT_FRAG_REFUSE: {
     char why[CKT_MESSAGE_ERR_MAX + 64];
@@ -705,6 +712,15 @@ void circuit_on_stream_closed(rxstate *rx, uint64_t app_error) {
   snprintf(why, sizeof(why), "the remote end went away (code 0x%llx)",
            (unsigned long long)app_error);
   circuit_end(c, why, 1);
+}
+
+ckt_fragment *node_take_rx_fragment(ckt_node *n, const ckt_fragment *f) {
+  ckt_fragment *own = n->rx_frag;
+  if (!own || own != f) {
+    return NULL;
+  }
+  n->rx_frag = NULL;
+  return own;
 }
 
 void circuit_conn_lost(pconn *pc, const char *why) {

@@ -87,6 +87,9 @@ struct ckt_node {
   int stopping;
   size_t frame_max; /* largest frame body accepted (message or fragment) */
   ckt_fragment_limits flim;
+  /* The fragment a service callback is being handed right now: the thread
+   * layer takes it (node_take_rx_fragment) rather than copying it. */
+  ckt_fragment *rx_frag;
   struct ckt_peer *peers; /* local peers (loop thread) */
   ckt_timer *stop_timer;  /* the grace period of a stop */
 };
@@ -108,6 +111,10 @@ int node_rx_frame(ckt_node *n, rxstate *rx, const uint8_t **data, size_t *len,
 void node_rx_clear(rxstate *rx);
 void node_rx_credit(ckt_conn *conn, rxstate *rx);
 /* A peer service registered under name (copied out under the lock). */
+/* Takes ownership of f if it is the fragment being delivered (the
+ * caller frees it later); NULL otherwise.  Loop thread. */
+ckt_fragment *node_take_rx_fragment(ckt_node *n, const ckt_fragment *f);
+
 int node_peer_service(ckt_node *n, const char *name, ckt_peer_service *svc,
                       void **user);
 

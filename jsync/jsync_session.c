@@ -731,6 +731,17 @@ static void srv_log(jsync_server *srv, const char *fmt, ...) {
   }
 }
 
+/* The client's address, for the log. */
+static const char *client_of(ckt_tcircuit *tc, char *out, size_t n) {
+  ckt_url u;
+  if (ckt_url_parse(ckt_tcircuit_remote_url(tc), &u) == CKT_OK) {
+    snprintf(out, n, "%s", u.host_port);
+  } else {
+    snprintf(out, n, "an unknown client");
+  }
+  return out;
+}
+
 static void srv_thread_done(jsync_server *srv) {
   pthread_mutex_lock(&srv->mu);
   srv->threads--;
@@ -745,10 +756,12 @@ static void serve_hello(jsync_server *srv, ckt_tcircuit *tc,
   jsync_hello h;
   jsync_sess *s = sess_new();
   srv_sess ss, **pp;
+  char who[CKT_MESSAGE_ADDR_MAX + 1];
   double t0 = now_s();
   int rv = 0;
   size_t i;
   memset(&ss, 0, sizeof(ss));
+  client_of(tc, who, sizeof(who));
   if (!s) {
     ckt_tcircuit_send_error(tc, "out of memory at the server");
     ckt_tcircuit_close(tc, "out of memory");
@@ -830,7 +843,7 @@ static void serve_hello(jsync_server *srv, ckt_tcircuit *tc,
   }
   if (rv != 0) {
     ckt_tcircuit_send_error(tc, s->why);
-    srv_log(srv, "refused a session: %s", s->why);
+    srv_log(srv, "refused a session from %s: %s", who, s->why);
     jsync_hello_free(&h);
     sess_free(s);
     return;
@@ -872,20 +885,20 @@ static void serve_hello(jsync_server *srv, ckt_tcircuit *tc,
   pthread_mutex_unlock(&srv->mu);
 
   if (s->fail) {
-    srv_log(srv, "%s %s: failed after %.3f s: %s",
+    srv_log(srv, "%s %s from %s: failed after %.3f s: %s",
             h.mode == JSYNC_PUSH ? "push to" : "pull of",
-            h.paths[0][0] ? h.paths[0] : ".", now_s() - t0, s->why);
+            h.paths[0][0] ? h.paths[0] : ".", who, now_s() - t0, s->why);
   } else {
-    srv_log(srv,
-            "%s %s: files=%llu transferred=%llu literal_bytes=%llu "
-            "matched_bytes=%llu deleted=%llu failed=%llu elapsed_s=%.3f",
-            h.mode == JSYNC_PUSH ? "push to" : "pull of",
-            h.paths[0][0] ? h.paths[0] : ".", (unsigned long long)s->st.files,
-            (unsigned long long)s->st.transferred,
-            (unsigned long long)s->st.literal,
-            (unsigned long long)s->st.matched,
-            (unsigned long long)s->st.deleted, (unsigned long long)s->st.failed,
-            now_s() - t0);
+    srv_log(
+        srv,
+        "%s %s from %s: files=%llu transferred=%llu literal_bytes=%llu "
+        "matched_bytes=%llu deleted=%llu failed=%llu elapsed_s=%.3f",
+        h.mode == JSYNC_PUSH ? "push to" : "pull of",
+        h.paths[0][0] ? h.paths[0] : ".", who, (unsigned long long)s->st.files,
+        (unsigned long long)s->st.transferred,
+        (unsigned long long)s->st.literal, (unsigned long long)s->st.matched,
+        (unsigned long long)s->st.deleted, (unsigned long long)s->st.failed,
+        now_s() - t0);
   }
   /* The client closes when it is done; wait a little for that so the
    * last messages are not cut short. */

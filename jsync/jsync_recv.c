@@ -386,9 +386,25 @@ static void job_commit(rchan *c, rjob *j) {
     return;
   }
   if (j->nstale > 0) {
+    int k, more = j->nstale == MAX_BASES, fds[MAX_BASES], n, round;
     jsync_stale_remove(s->dst_fd, j->lpath, j->stale_fd, j->nstale);
+    /* the leftovers' indexes go with them (job_free sees nbases only) */
+    for (k = j->nbases - j->nstale; k < j->nbases; ++k) {
+      jsync_index_free(&j->base_ix[k]);
+    }
     j->nbases -= j->nstale;
     j->nstale = 0;
+    /* More interrupted runs than a file takes bases from left more
+     * leftovers: the new version makes them useless too (those a running
+     * session holds are locked, so not taken). */
+    for (round = 0; more && round < 16; ++round) {
+      n = jsync_stale_open(s->dst_fd, j->lpath, fds, MAX_BASES);
+      if (n <= 0) {
+        break;
+      }
+      jsync_stale_remove(s->dst_fd, j->lpath, fds, n);
+      more = n == MAX_BASES;
+    }
   }
   job_result(s, j, j->existed ? JSYNC_R_UPDATED : JSYNC_R_CREATED, NULL);
   job_finish(c, j);

@@ -67,6 +67,9 @@ int sess_fail_circuit(jsync_sess *s, ckt_tcircuit *tc, int rv,
     if (strncmp(r, "refused: ", 9) == 0) {
       return sess_fail(s, FAIL_REFUSED, "%s", r + 9);
     }
+    if (strncmp(r, "protocol error: ", 16) == 0) {
+      return sess_fail(s, FAIL_PROTOCOL, "the other side: %s", r + 16);
+    }
     return sess_fail(s, reason_kind(r), "%s", r);
   }
   return sess_fail(s, FAIL_NET, "%s", ckt_strerror(rv));
@@ -355,6 +358,9 @@ static void sess_free(jsync_sess *s) {
   if (!s->is_client && (s->fail == FAIL_REFUSED || s->fail == FAIL_LOCAL)) {
     snprintf(refused, sizeof(refused), "refused: %s", s->why);
     reason = refused;
+  } else if (!s->is_client && s->fail == FAIL_PROTOCOL) {
+    snprintf(refused, sizeof(refused), "protocol error: %s", s->why);
+    reason = refused;
   }
   for (k = 0; k < s->ndata; ++k) {
     ckt_tcircuit_close(s->data[k], reason);
@@ -420,6 +426,12 @@ static int add_source(jsync_sess *s, const char *path, int beneath) {
   if (beneath) {
     if (strcmp(buf, ".") == 0 || strcmp(buf, "/") == 0) {
       buf[0] = '\0';
+    }
+    if (buf[0] == '/') {
+      return sess_fail(s, FAIL_REFUSED,
+                       "'%s' is refused: paths are relative to the server's "
+                       "root, not absolute",
+                       path);
     }
     if (buf[0] != '\0' && !jsync_path_valid(buf)) {
       return sess_fail(s, FAIL_REFUSED,

@@ -21,7 +21,7 @@
 #include "jsync_wire.h"
 
 typedef struct jcp {
-  unsigned long port, circuits, zlevel;
+  unsigned long port, circuits, zlevel, timeout_ms;
   int recursive, verbose, quiet, progress, stats, checksum, del, dry, whole,
       fsync, blake2b, no_compress;
   cmd_node_opts node;
@@ -118,6 +118,13 @@ static void on_warn(void *user, const char *line) {
   clear_bar(c);
   fprintf(stderr, "jcp: %s\n", line);
   pthread_mutex_unlock(&c->mu);
+}
+
+static void on_node_log(void *user, const char *line) {
+  jcp *c = user;
+  if (c->verbose) {
+    on_warn(user, line);
+  }
 }
 
 /* "host:path" (no '/' before the ':'; "[v6]:path" too) splits into host and
@@ -230,6 +237,7 @@ int main(int argc, char **argv) {
   c.port = JSYNC_DEFAULT_PORT;
   c.circuits = 4;
   c.zlevel = 1;
+  c.timeout_ms = 10000;
   pthread_mutex_init(&c.mu, NULL);
   pthread_cond_init(&c.cv, NULL);
   flags[nf++] = (cmd_flag){"p",
@@ -318,6 +326,14 @@ int main(int argc, char **argv) {
                            19,
                            "N",
                            "zstd level for data that compresses (default 1)"};
+  flags[nf++] = (cmd_flag){"timeout",
+                           CMD_UINT,
+                           &c.timeout_ms,
+                           100,
+                           3600000ul,
+                           "MS",
+                           "give up on a server that does not answer within\n"
+                           "MS milliseconds (default 10000)"};
   flags[nf++] = (cmd_flag){"circuits",
                            CMD_UINT,
                            &c.circuits,
@@ -396,6 +412,11 @@ int main(int argc, char **argv) {
   cmd_node_config(&c.node, "jcp", &cfg);
   cfg.client_name = c.node.identity;
   cfg.listen = strchr(host_port, '[') ? "[::]:0" : "0.0.0.0:0";
+  cfg.handshake_timeout_ms = (uint32_t)c.timeout_ms;
+  /* jcp says what went wrong in one sentence of its own; the library's
+   * log lines are details for -v. */
+  cfg.log = on_node_log;
+  cfg.log_user = &c;
   rv = ckt_node_new(&cfg, &n);
   if (rv != CKT_OK) {
     fprintf(stderr, "jcp: cannot start: %s.\n", ckt_strerror(rv));
@@ -414,6 +435,7 @@ int main(int argc, char **argv) {
             (c.no_compress ? JSYNC_F_NO_COMPRESS : 0) |
             (c.whole ? JSYNC_F_WHOLE : 0);
   o.circuits = (unsigned)c.circuits;
+  o.timeout_ms = (int)c.timeout_ms;
   o.zstd_level = (int)c.zlevel;
   o.excludes = c.excludes;
   o.nexcludes = c.nexcludes;

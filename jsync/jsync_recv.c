@@ -1499,7 +1499,12 @@ static int on_entries(jsync_sess *s, const ckt_fragment *f) {
     }
     pthread_mutex_lock(&s->mu);
     s->st.files++;
+    rv = s->st.files > JSYNC_WIRE_ENTRIES_MAX;
     pthread_mutex_unlock(&s->mu);
+    if (rv) {
+      return sess_fail(s, FAIL_PROTOCOL, "more than %u entries in one session",
+                       JSYNC_WIRE_ENTRIES_MAX);
+    }
     if (s->opts && s->opts->live) {
       live_add(&s->opts->live->files_total, 1);
     }

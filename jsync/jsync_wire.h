@@ -34,6 +34,9 @@
 #define JSYNC_WIRE_EXCLUDES_MAX 1024
 #define JSYNC_WIRE_TEXT_MAX 1024 /* error texts */
 #define JSYNC_WIRE_CIRCUITS_MAX 16
+/* Entries one session may list: what a receiver remembers per entry
+ * (for --delete and directory metadata) stays bounded. */
+#define JSYNC_WIRE_ENTRIES_MAX (16u * 1024 * 1024)
 /* Whole-file hashes are 32 bytes on the wire: BLAKE2b-256, or XXH3-128
  * followed by zeros. */
 #define JSYNC_HASH_LEN 32

@@ -232,6 +232,7 @@ typedef struct recv_state {
   size_t ndirs, dirs_cap;
   jsync_wentry *e;
   jsync_entry_ctx ctx;
+  uint8_t *list_raw; /* a decompressed ENTRIES_Z */
 } recv_state;
 
 static int blake(const jsync_sess *s) {
@@ -1487,7 +1488,19 @@ static int on_entries(jsync_sess *s, const ckt_fragment *f) {
   char lpath[JSYNC_WIRE_PATH_MAX + 300];
   jsync_rbuf r;
   int rv;
-  jsync_rbuf_init(&r, f->payload, f->payload_len);
+  if (f->op == JSYNC_OP_ENTRIES_Z) {
+    size_t n;
+    if (!rs->list_raw && !(rs->list_raw = malloc(JSYNC_LIST_RAW_MAX))) {
+      return sess_fail(s, FAIL_NOMEM, "out of memory");
+    }
+    if (jsync_entries_z_unpack(f->payload, f->payload_len, rs->list_raw,
+                               JSYNC_LIST_RAW_MAX, &n) != 0) {
+      return sess_fail(s, FAIL_PROTOCOL, "malformed compressed file list");
+    }
+    jsync_rbuf_init(&r, rs->list_raw, n);
+  } else {
+    jsync_rbuf_init(&r, f->payload, f->payload_len);
+  }
   jsync_entry_ctx_init(&rs->ctx);
   while ((rv = jsync_entry_next(&r, &rs->ctx, e)) == 1) {
     jsync_meta m;
@@ -1683,7 +1696,8 @@ int receiver_run(jsync_sess *s) {
       rv = jsync_list_begin_decode(f->payload, f->payload_len, &b) != 0
                ? sess_fail(s, FAIL_PROTOCOL, "malformed LIST_BEGIN")
                : setup_dst(s, &b);
-    } else if (f->op == JSYNC_OP_ENTRIES && begun) {
+    } else if ((f->op == JSYNC_OP_ENTRIES || f->op == JSYNC_OP_ENTRIES_Z) &&
+               begun) {
       rv = on_entries(s, f);
     } else if (f->op == JSYNC_OP_LIST_END && begun) {
       ckt_fragment_free(f);
@@ -1743,6 +1757,7 @@ int receiver_run(jsync_sess *s) {
   }
   free(rs.ch);
   free(rs.e);
+  free(rs.list_raw);
   strset_free(&rs.paths);
   dcache_clear(&rs);
   strset_free(&rs.scanned);

@@ -20,7 +20,7 @@
 /* Bytes per DATA message. */
 #define BLOCK (256u * 1024)
 /* Entries are sent in batches of about this many bytes. */
-#define LIST_BATCH (64u * 1024)
+#define LIST_BATCH (256u * 1024)
 /* Indexes a data thread keeps between a file's requests. */
 #define CACHE_MAX 64
 /* After a block that did not compress, this many go raw untried. */
@@ -600,12 +600,44 @@ typedef struct lister {
   jsync_entry_ctx ctx; /* each batch starts afresh */
 } lister;
 
+/* Sends the batch, zstd-compressed when that is smaller (paths and
+ * metadata of neighbours compress several times over). */
 static int flush_list(lister *l) {
+  jsync_sess *s = l->s;
+  size_t bound, z;
+  uint8_t *out;
+  jsync_wbuf h;
+  int rv;
   jsync_entry_ctx_init(&l->ctx);
   if (l->w.len == 0) {
     return 0;
   }
-  return sess_send(l->s, l->s->ctrl, JSYNC_OP_ENTRIES, &l->w);
+  if (l->w.err) {
+    jsync_wbuf_free(&l->w);
+    return sess_fail(s, FAIL_NOMEM, "out of memory");
+  }
+  bound = ZSTD_compressBound(l->w.len) + 16;
+  out = malloc(bound);
+  jsync_wbuf_init(&h);
+  jsync_w_varint(&h, l->w.len);
+  if (!out || h.err) {
+    free(out);
+    jsync_wbuf_free(&h);
+    return sess_send(s, s->ctrl, JSYNC_OP_ENTRIES, &l->w);
+  }
+  memcpy(out, h.p, h.len);
+  z = ZSTD_compress(out + h.len, bound - h.len, l->w.p, l->w.len, 3);
+  if (ZSTD_isError(z) || h.len + z >= l->w.len) {
+    free(out);
+    jsync_wbuf_free(&h);
+    return sess_send(s, s->ctrl, JSYNC_OP_ENTRIES, &l->w);
+  }
+  rv = sess_send_bytes(s, s->ctrl, JSYNC_OP_ENTRIES_Z, out, h.len + z);
+  free(out);
+  jsync_wbuf_free(&h);
+  jsync_wbuf_free(&l->w);
+  jsync_wbuf_init(&l->w);
+  return rv;
 }
 
 static int on_entry(const char *path, const jsync_meta *m, const char *link,

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 /* ---- writing ------------------------------------------------------------- */
 
@@ -377,6 +378,24 @@ int jsync_entry_next(jsync_rbuf *r, jsync_entry_ctx *c, jsync_wentry *e) {
   return 1;
 }
 
+int jsync_entries_z_unpack(const void *p, size_t len, uint8_t *out,
+                           size_t out_cap, size_t *out_len) {
+  jsync_rbuf r;
+  uint64_t raw;
+  size_t got;
+  jsync_rbuf_init(&r, p, len);
+  raw = jsync_r_varint_max(&r, JSYNC_LIST_RAW_MAX);
+  if (r.err || raw > out_cap || r.off == r.len) {
+    return -1;
+  }
+  got = ZSTD_decompress(out, (size_t)raw, r.p + r.off, r.len - r.off);
+  if (ZSTD_isError(got) || got != raw) {
+    return -1;
+  }
+  *out_len = got;
+  return 0;
+}
+
 void jsync_list_end_encode(jsync_wbuf *w, uint64_t count) {
   jsync_w_varint(w, count);
 }
@@ -727,6 +746,17 @@ int jsync_wire_check(int64_t op, const void *p, size_t len) {
   case JSYNC_OP_RESULTS:
   case JSYNC_OP_REQ:
     return check_batch(op, &r) == 0 && jsync_r_done(&r) ? 0 : -1;
+  case JSYNC_OP_ENTRIES_Z: {
+    uint8_t *raw = malloc(JSYNC_LIST_RAW_MAX);
+    size_t n;
+    int rv = -1;
+    if (raw &&
+        jsync_entries_z_unpack(p, len, raw, JSYNC_LIST_RAW_MAX, &n) == 0) {
+      rv = jsync_wire_check(JSYNC_OP_ENTRIES, raw, n);
+    }
+    free(raw);
+    return rv;
+  }
   case JSYNC_OP_GROUPS: {
     uint64_t n;
     if (jsync_groups_head_get(&r, &u.groups) != 0) {

@@ -56,7 +56,8 @@ enum {
   JSYNC_OP_RESULTS = 12,   /* receiver -> sender, control: a batch */
   JSYNC_OP_DONE = 13,      /* receiver -> sender, control: the end */
   JSYNC_OP_BUNDLE = 14,    /* several small messages: (op, length, bytes)* */
-  JSYNC_OP_MAX = 14
+  JSYNC_OP_ENTRIES_Z = 15, /* ENTRIES, zstd-compressed */
+  JSYNC_OP_MAX = 15
 };
 
 /* A BUNDLE holds messages of at most JSYNC_BUNDLE_ITEM_MAX bytes each
@@ -197,6 +198,14 @@ void jsync_entry_ctx_init(jsync_entry_ctx *c);
 void jsync_entry_put(jsync_wbuf *w, jsync_entry_ctx *c, const jsync_wentry *e);
 /* Reads the next entry; 1 read, 0 at the end, -1 malformed. */
 int jsync_entry_next(jsync_rbuf *r, jsync_entry_ctx *c, jsync_wentry *e);
+
+/* ENTRIES_Z: the decoded length (at most JSYNC_LIST_RAW_MAX) and a zstd
+ * frame holding an ENTRIES payload.  Unpacks into out (out_cap >=
+ * JSYNC_LIST_RAW_MAX); 0 with *out_len set, or -1 (malformed, or not
+ * exactly the announced length). */
+#define JSYNC_LIST_RAW_MAX (1u << 20)
+int jsync_entries_z_unpack(const void *p, size_t len, uint8_t *out,
+                           size_t out_cap, size_t *out_len);
 
 /* LIST_END: the number of entries sent. */
 void jsync_list_end_encode(jsync_wbuf *w, uint64_t count);

@@ -63,6 +63,7 @@ struct ckt_conn {
   uint64_t serial;
   int client, ready, dead, notified;
   int confirmed;    /* the handshake is confirmed: no more padded packets */
+  int loopback;     /* the peer is on this host: big packets, no pacing */
   uint64_t unacked; /* bytes written on its streams, not yet acknowledged */
   ngtcp2_cid odcid; /* server: the client's first DCID, filed in the map */
   ckt_stream *pend_head, *pend_tail;
@@ -518,7 +519,7 @@ static void stream_sent(ckt_stream *s, ngtcp2_ssize n, int fin) {
 
 static void conn_write(ckt_conn *c) {
   ckt_endpoint *ep = c->ep;
-  size_t pkt, max_pkts, npkts = 0, off = 0;
+  size_t pkt, max_pkts, npkts = 0, off = 0, budget;
   ngtcp2_path_storage ps;
   ngtcp2_pkt_info pi;
   ngtcp2_tstamp ts = now(ep);
@@ -533,6 +534,14 @@ static void conn_write(ckt_conn *c) {
     pkt = NGTCP2_MAX_PMTUD_UDP_PAYLOAD_SIZE;
   }
   max_pkts = ngtcp2_conn_get_send_quantum(c->q) / pkt;
+  if (max_pkts == 0) {
+    max_pkts = 1;
+  }
+  /* Packets this call may write: one send quantum, then pacing.  On
+   * loopback there is no router queue to spare: a burst of up to 1 MiB
+   * (the congestion window still bounds it) instead of a quantum and a
+   * timer, whose millisecond granularity would cap the rate. */
+  budget = c->loopback && c->confirmed ? (1u << 20) / pkt + 1 : max_pkts;
   if (max_pkts > MAX_GSO_PKTS) {
     max_pkts = MAX_GSO_PKTS;
   }
@@ -615,20 +624,22 @@ static void conn_write(ckt_conn *c) {
     off += (size_t)nwrite;
     npkts++;
     /* A GSO batch holds equal-sized packets; a short one ends it. */
-    if ((size_t)nwrite < pkt || npkts == max_pkts) {
+    budget--;
+    if ((size_t)nwrite < pkt || npkts == max_pkts || budget == 0) {
       send_raw(ep, &c->peer, ep->tx, off, pkt);
       off = 0;
-      if (npkts == max_pkts) {
-        npkts = 0;
+      npkts = 0;
+      if (budget == 0) {
         break; /* send quantum used: pacing resumes at the next expiry */
       }
-      npkts = 0;
     }
   }
   if (off) {
     send_raw(ep, &c->peer, ep->tx, off, pkt);
   }
-  ngtcp2_conn_update_pkt_tx_time(c->q, ts);
+  if (!(c->loopback && c->confirmed)) {
+    ngtcp2_conn_update_pkt_tx_time(c->q, ts); /* pacing */
+  }
   arm_timer(c);
 }
 
@@ -900,6 +911,22 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
 
 static void conn_timer(void *arg);
 
+static int is_loopback(const ckt_addr *a) {
+  if (a->ss.ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
+    return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (a->ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0,    0,
+                                         0, 0, 0, 0, 0xff, 0xff};
+    return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr) ||
+           (memcmp(s6->sin6_addr.s6_addr, v4mapped, 12) == 0 &&
+            s6->sin6_addr.s6_addr[12] == 127);
+  }
+  return 0;
+}
+
 static ckt_conn *conn_alloc(ckt_endpoint *ep, const ckt_addr *peer, int client,
                             void *user) {
   ckt_conn *c = calloc(1, sizeof(*c));
@@ -908,6 +935,7 @@ static ckt_conn *conn_alloc(ckt_endpoint *ep, const ckt_addr *peer, int client,
   }
   c->ep = ep;
   c->peer = *peer;
+  c->loopback = is_loopback(peer);
   c->client = client;
   c->user = user;
   c->serial = ++ep->next_serial;
@@ -935,22 +963,6 @@ static void conn_link(ckt_conn *c) {
   ep->conns = c;
   ep->nconns++;
   __atomic_store_n(&ep->stats.connections_open, ep->nconns, __ATOMIC_RELAXED);
-}
-
-static int is_loopback(const ckt_addr *a) {
-  if (a->ss.ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
-    return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
-  }
-  if (a->ss.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
-    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0,    0,
-                                         0, 0, 0, 0, 0xff, 0xff};
-    return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr) ||
-           (memcmp(s6->sin6_addr.s6_addr, v4mapped, 12) == 0 &&
-            s6->sin6_addr.s6_addr[12] == 127);
-  }
-  return 0;
 }
 
 static void settings_for(ckt_endpoint *ep, ngtcp2_settings *s,

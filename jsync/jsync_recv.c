@@ -175,7 +175,8 @@ typedef struct rjob {
   char *lpath; /* beneath dst_fd */
   jsync_meta meta;
   int state, existed, retried;
-  int err; /* the temporary file could not be made (errno) */
+  int err;     /* the temporary file could not be made (errno) */
+  int inorder; /* J_DATA: h follows the data, which comes in order */
   jsync_tmp tmp;
   int have_tmp;
   whole_hash *h;
@@ -577,6 +578,15 @@ static int add_miss(rjob *j, uint64_t off, uint64_t len) {
 static int request_data(rchan *c, rjob *j) {
   jsync_req q = {JSYNC_REQ_DATA, j->id, j->nmiss};
   j->state = J_DATA;
+  /* Nothing reused: the data will arrive in order from offset 0, so the
+   * whole-file hash can follow it instead of reading the file back. */
+  whole_free(j->h);
+  j->h = NULL;
+  j->inorder = j->matched == 0;
+  j->next_off = 0;
+  if (j->inorder && !(j->h = whole_new(blake(c->s)))) {
+    return sess_fail(c->s, FAIL_NOMEM, "out of memory");
+  }
   return send_req(c, &q, NULL, j->miss);
 }
 
@@ -744,6 +754,11 @@ static int on_data(rchan *c, rjob *j, jsync_rbuf *r, const jsync_data_head *d) {
   if (j->state == J_WHOLE && d->off != j->next_off) {
     return sess_fail(s, FAIL_PROTOCOL, "file data out of order");
   }
+  if (j->state == J_DATA && j->inorder && d->off != j->next_off) {
+    j->inorder = 0; /* hash the file afterwards instead */
+    whole_free(j->h);
+    j->h = NULL;
+  }
   if (j->state == J_DATA && d->off + d->raw_len > j->size) {
     return sess_fail(s, FAIL_PROTOCOL, "file data past the end");
   }
@@ -805,7 +820,9 @@ static int on_file_end(rchan *c, rjob *j, const jsync_file_end *e) {
     return 0;
   }
   /* J_DATA: every byte is in; check the whole before it counts. */
-  {
+  if (j->inorder && j->h && j->next_off == j->size) {
+    whole_final(j->h, got);
+  } else {
     int rv = hash_tmp(c, j, got);
     if (rv != 0) {
       job_failed(c, j, "cannot read back the new version", -rv);

@@ -259,6 +259,8 @@ int main(int argc, char **argv) {
   size_t nf = 0;
   int rv;
 
+  cmd_tune_malloc();
+
   memset(&c, 0, sizeof(c));
   c.addr = "127.0.0.1:7100";
   c.service = "echo";

@@ -2,6 +2,7 @@
 #include "cmdline.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -312,6 +313,11 @@ void cmd_node_config(cmd_node_opts *o, const char *prog,
   o->pass.passfile = o->passfile;
   cfg->passphrase = cmd_passphrase;
   cfg->passphrase_user = &o->pass;
+}
+
+void cmd_tune_malloc(void) {
+  (void)mallopt(M_MMAP_THRESHOLD, 8 * 1024 * 1024);
+  (void)mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 }
 
 int cmd_exit_code(int err) {

@@ -80,6 +80,13 @@ struct ckt_node_config;
 void cmd_node_config(cmd_node_opts *o, const char *prog,
                      struct ckt_node_config *cfg);
 
+/* Keeps the buffers of bulk transfers (256 KiB .. 1 MiB, allocated and
+ * freed at a high rate by several threads) in malloc's arenas: glibc's
+ * defaults map and unmap each one (a page fault per 4 KiB, on both sides,
+ * until its dynamic threshold catches up) and hand freed memory back to
+ * the kernel at once.  Call first thing in main(). */
+void cmd_tune_malloc(void);
+
 /* Exit codes shared by the networked tools. */
 enum {
   CMD_EXIT_FAIL = 1,

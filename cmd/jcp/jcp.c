@@ -234,6 +234,8 @@ int main(int argc, char **argv) {
   jsync_stats st;
   pthread_t bar_th;
 
+  cmd_tune_malloc();
+
   c.port = JSYNC_DEFAULT_PORT;
   c.circuits = 4;
   c.zlevel = 1;

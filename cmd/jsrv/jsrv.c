@@ -43,6 +43,8 @@ int main(int argc, char **argv) {
   struct stat st;
   int rv;
 
+  cmd_tune_malloc();
+
   memset(&s, 0, sizeof(s));
   snprintf(default_addr, sizeof(default_addr), "0.0.0.0:%d",
            JSYNC_DEFAULT_PORT);

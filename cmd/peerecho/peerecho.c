@@ -214,6 +214,8 @@ int main(int argc, char **argv) {
   char addr[80];
   int rv, status = 0;
 
+  cmd_tune_malloc();
+
   memset(&a, 0, sizeof(a));
   pthread_mutex_init(&a.mu, NULL);
   pthread_cond_init(&a.cv, NULL);

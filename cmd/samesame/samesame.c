@@ -70,6 +70,8 @@ int main(int argc, char **argv) {
   size_t nf = 0;
   int rv;
 
+  cmd_tune_malloc();
+
   memset(&s, 0, sizeof(s));
   s.addr = "127.0.0.1:7200";
   s.calls = 3;

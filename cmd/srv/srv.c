@@ -84,6 +84,8 @@ int main(int argc, char **argv) {
   char addr[80];
   int rv;
 
+  cmd_tune_malloc();
+
   memset(&s, 0, sizeof(s));
   s.addr = "0.0.0.0:7100";
   flags[nf++] = (cmd_flag){"addr",

@@ -75,6 +75,10 @@ typedef struct jsync_sess {
   char top_from[256], top_to[256];
   void *recv; /* the receiver's own state (jsync_recv.c) */
 
+  /* Called by the thread sending on the control circuit while it waits
+   * for room there (the sender drains the receiver's results). */
+  void (*ctrl_stalled)(struct jsync_sess *s);
+
   /* results queued for the sender (receiver on the server) */
   jsync_wbuf results;
   size_t nresults;

@@ -177,6 +177,7 @@ typedef struct rjob {
   int state, existed, retried;
   int err;     /* the temporary file could not be made (errno) */
   int inorder; /* J_DATA: h follows the data, which comes in order */
+  int started; /* its first request went out */
   jsync_tmp tmp;
   int have_tmp;
   whole_hash *h;
@@ -233,7 +234,9 @@ typedef struct recv_state {
   size_t ndirs, dirs_cap;
   jsync_wentry *e;
   jsync_entry_ctx ctx;
-  uint8_t *list_raw; /* a decompressed ENTRIES_Z */
+  uint8_t *list_raw;   /* a decompressed ENTRIES_Z */
+  int incomplete;      /* the sender could not list everything */
+  uint64_t path_bytes; /* remembered per entry, bounded */
 } recv_state;
 
 static int blake(const jsync_sess *s) {
@@ -355,6 +358,14 @@ static void job_finish(rchan *c, rjob *j) {
 
 static void job_failed(rchan *c, rjob *j, const char *what, int err) {
   char text[512];
+  if (j->state == J_GROUPS || j->state == J_CHUNKS) {
+    /* the sender keeps this file's index until told */
+    jsync_req q = {JSYNC_REQ_CANCEL, j->id, 0};
+    jsync_wbuf w;
+    jsync_wbuf_init(&w);
+    jsync_req_put(&w, &q);
+    sess_send(c->s, c->tc, JSYNC_OP_REQ, &w);
+  }
   if (err) {
     snprintf(text, sizeof(text), "%s: %s", what, strerror(err));
   } else {
@@ -496,8 +507,13 @@ static void open_bases(jsync_sess *s, rjob *j) {
   if (s->dst_fd < 0) {
     return;
   }
-  fd = jsync_open_beneath(s->dst_fd, j->lpath,
-                          O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+  /* (only called when lstat saw a regular file; O_NONBLOCK in case a FIFO
+   * took its place since) */
+  fd = j->existed
+           ? jsync_open_beneath(s->dst_fd, j->lpath,
+                                O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                                0)
+           : -ENOENT;
   if (fd >= 0) {
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
@@ -637,8 +653,10 @@ static int on_groups(rchan *c, rjob *j, jsync_rbuf *r,
   j->goff = calloc(gh->ngroups + 1, sizeof(*j->goff));
   j->gneed = calloc(gh->ngroups + 1, 1);
   need = calloc(gh->ngroups + 1, sizeof(*need));
+  groups.slots = NULL;
   if (!j->goff || !j->gneed || !need || wmap_init(&groups, total) != 0 ||
       wmap_init(&j->chunks, total) != 0) {
+    wmap_free(&groups);
     free(need);
     return sess_fail(s, FAIL_NOMEM, "out of memory");
   }
@@ -939,11 +957,21 @@ static int start_jobs(rchan *c, rjob *batch) {
   jsync_sess *s = c->s;
   jsync_wbuf w;
   rjob *j, *next;
+  /* Active first: whatever fails below, the leaving path sees them all. */
+  for (j = batch; j; j = next) {
+    next = j->next;
+    j->next = c->active;
+    c->active = j;
+    c->nactive++;
+  }
   jsync_wbuf_init(&w);
-  for (j = batch; j; j = j->next) {
+  for (j = c->active; j; j = j->next) {
     jsync_req q = {
         (uint8_t)(j->state == J_WHOLE ? JSYNC_REQ_WHOLE : JSYNC_REQ_GROUPS),
         j->id, 0};
+    if (j->started) {
+      continue;
+    }
     if (j->state == J_WHOLE) {
       int rv = start_tmp(j, s->dst_fd);
       j->h = whole_new(blake(s));
@@ -961,11 +989,12 @@ static int start_jobs(rchan *c, rjob *batch) {
   if (sess_send(s, c->tc, JSYNC_OP_REQ, &w) != 0) {
     return -1;
   }
-  for (j = batch; j; j = next) {
+  for (j = c->active; j; j = next) {
     next = j->next;
-    j->next = c->active;
-    c->active = j;
-    c->nactive++;
+    if (j->started) {
+      continue;
+    }
+    j->started = 1;
     if (j->err) {
       job_failed(c, j, "cannot create a temporary file", j->err);
     } else if (j->state == J_GROUPS) {
@@ -1487,9 +1516,10 @@ static int on_file(jsync_sess *s, const jsync_wentry *e, const char *lpath,
   j->id = e->id;
   j->meta = *m;
   j->size = m->size;
-  j->existed = rv == 0;
+  j->existed = rv == 0 && S_ISREG(st.st_mode);
   j->tmp.fd = j->tmp.dirfd = -1;
   open_bases(s, j);
+  j->existed = rv == 0; /* reported as updated, whatever was there */
   j->state = j->nbases > 0 && !(s->flags & JSYNC_F_WHOLE) && m->size > 0
                  ? J_GROUPS
                  : J_WHOLE;
@@ -1518,7 +1548,12 @@ static int on_entries(jsync_sess *s, const ckt_fragment *f) {
   } else {
     jsync_rbuf_init(&r, f->payload, f->payload_len);
   }
-  jsync_entry_ctx_init(&rs->ctx);
+  {
+    /* paths start afresh in each batch; ids keep growing across them */
+    uint64_t next_id = rs->ctx.next_id;
+    jsync_entry_ctx_init(&rs->ctx);
+    rs->ctx.next_id = next_id;
+  }
   while ((rv = jsync_entry_next(&r, &rs->ctx, e)) == 1) {
     jsync_meta m;
     if (map_path(s, e->path, lpath, sizeof(lpath)) != 0 ||
@@ -1534,6 +1569,12 @@ static int on_entries(jsync_sess *s, const ckt_fragment *f) {
     if (rv) {
       return sess_fail(s, FAIL_PROTOCOL, "more than %u entries in one session",
                        JSYNC_WIRE_ENTRIES_MAX);
+    }
+    rs->path_bytes += strlen(lpath) + 1;
+    if (rs->path_bytes > JSYNC_WIRE_LIST_BYTES_MAX) {
+      return sess_fail(s, FAIL_PROTOCOL,
+                       "the file list's paths exceed %u bytes in one session",
+                       JSYNC_WIRE_LIST_BYTES_MAX);
     }
     if (s->opts && s->opts->live) {
       live_add(&s->opts->live->files_total, 1);
@@ -1565,7 +1606,9 @@ typedef struct deleter {
   jsync_sess *s;
   char **victims;
   size_t n, cap;
-  char *skip; /* a victim whose subtree is being walked */
+  /* A victim or an excluded directory whose subtree is being walked: all
+   * of it goes with the victim, or stays with the excluded one. */
+  char skip[JSYNC_WIRE_PATH_MAX + 300];
 } deleter;
 
 static int is_temp_name(const char *path) {
@@ -1585,8 +1628,8 @@ static int on_existing(const char *path, const jsync_meta *m, const char *link,
   if (path[0] == '\0' || strset_has(&rs->paths, path) || is_temp_name(path)) {
     return 0;
   }
-  if (d->skip && (sl = strlen(d->skip), strncmp(path, d->skip, sl) == 0) &&
-      path[sl] == '/') {
+  sl = strlen(d->skip);
+  if (sl > 0 && strncmp(path, d->skip, sl) == 0 && path[sl] == '/') {
     return 0;
   }
   /* excludes speak the sender's paths */
@@ -1596,6 +1639,9 @@ static int on_existing(const char *path, const jsync_meta *m, const char *link,
     snprintf(wire, sizeof(wire), "%s", path);
   }
   if (jsync_excluded(s->ex, wire, m->type == JSYNC_DIR)) {
+    if (m->type == JSYNC_DIR) {
+      snprintf(d->skip, sizeof(d->skip), "%s", path);
+    }
     return 0;
   }
   if (d->n == d->cap) {
@@ -1610,7 +1656,7 @@ static int on_existing(const char *path, const jsync_meta *m, const char *link,
   if (!(d->victims[d->n] = strdup(path))) {
     return -1;
   }
-  d->skip = d->victims[d->n];
+  snprintf(d->skip, sizeof(d->skip), "%s", path);
   d->n++;
   return 0;
 }
@@ -1621,6 +1667,12 @@ static int delete_extraneous(jsync_sess *s) {
   int rv;
   const char *top = "";
   if (s->dst_fd < 0) {
+    return 0;
+  }
+  if (((recv_state *)s->recv)->incomplete) {
+    /* what the sender could not list would look extraneous */
+    path_result(s, JSYNC_R_FAILED, "",
+                "not deleting: the sender could not list everything");
     return 0;
   }
   if (s->rename_top) {
@@ -1641,8 +1693,10 @@ static int delete_extraneous(jsync_sess *s) {
       dcache_clear(s->recv);
       r = jsync_remove(s->dst_fd, d.victims[i]);
     }
-    path_result(s, r == 0 ? JSYNC_R_DELETED : JSYNC_R_FAILED, d.victims[i],
-                r == 0 ? NULL : strerror(-r));
+    if (rv == 0) {
+      path_result(s, r == 0 ? JSYNC_R_DELETED : JSYNC_R_FAILED, d.victims[i],
+                  r == 0 ? NULL : strerror(-r));
+    }
     free(d.victims[i]);
   }
   free(d.victims);
@@ -1717,6 +1771,14 @@ int receiver_run(jsync_sess *s) {
                begun) {
       rv = on_entries(s, f);
     } else if (f->op == JSYNC_OP_LIST_END && begun) {
+      uint64_t count;
+      uint32_t flags;
+      if (jsync_list_end_decode(f->payload, f->payload_len, &count, &flags) !=
+              0 ||
+          count != s->st.files) {
+        rv = sess_fail(s, FAIL_PROTOCOL, "the file list does not add up");
+      }
+      rs.incomplete = rv == 0 && (flags & JSYNC_LIST_INCOMPLETE);
       ckt_fragment_free(f);
       break;
     } else {

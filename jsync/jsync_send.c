@@ -268,7 +268,7 @@ static const sent_entry *entry_of(jsync_sess *s, uint64_t id,
 
 static int open_entry(jsync_sess *s, const sent_entry *e) {
   return jsync_open_beneath(s->src[e->src].fd, e->path,
-                            O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+                            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
 }
 
 /* Sends [off, off+len) of fd as DATA, holes as zero runs; hashes what it
@@ -280,8 +280,22 @@ static int send_range(sender_chan *c, uint64_t id, int fd, uint64_t off,
   *sent = off;
   while (off < end) {
     off_t data = lseek(fd, (off_t)off, SEEK_DATA), hole;
-    if (data < 0 || (uint64_t)data > end) {
-      data = (off_t)end; /* ENXIO: the rest is a hole (or past the end) */
+    if (sess_failed(c->s)) {
+      return -1;
+    }
+    if (data < 0) {
+      /* ENXIO: a hole up to the end, or the file got shorter than we
+       * thought: never send zeros for bytes that are not there */
+      struct stat st;
+      if (fstat(fd, &st) != 0) {
+        return errno ? errno : EIO;
+      }
+      if ((uint64_t)st.st_size < end) {
+        end = (uint64_t)st.st_size > off ? (uint64_t)st.st_size : off;
+      }
+      data = (off_t)end;
+    } else if ((uint64_t)data > end) {
+      data = (off_t)end;
     }
     if ((uint64_t)data > off) {
       if (send_zeros(c, id, off, (uint64_t)data - off) != 0) {
@@ -592,12 +606,15 @@ static void *sender_chan_main(void *arg) {
 
 /* ---- the list ------------------------------------------------------------ */
 
+static void drain_ctrl(jsync_sess *s);
+
 typedef struct lister {
   jsync_sess *s;
   uint32_t src;
   jsync_wbuf w;
   jsync_wentry *e;
   jsync_entry_ctx ctx; /* each batch starts afresh */
+  uint64_t warnings;   /* entries left out: the list is incomplete */
 } lister;
 
 /* Sends the batch, zstd-compressed when that is smaller (paths and
@@ -607,8 +624,11 @@ static int flush_list(lister *l) {
   size_t bound, z;
   uint8_t *out;
   jsync_wbuf h;
+  uint64_t next_id = l->ctx.next_id;
   int rv;
+  /* paths start afresh in each batch; ids keep growing across them */
   jsync_entry_ctx_init(&l->ctx);
+  l->ctx.next_id = next_id;
   if (l->w.len == 0) {
     return 0;
   }
@@ -652,6 +672,7 @@ static int on_entry(const char *path, const jsync_meta *m, const char *link,
   if (strlen(path) > JSYNC_WIRE_PATH_MAX ||
       (link && strlen(link) > JSYNC_WIRE_PATH_MAX)) {
     sess_log(s, 1, "%s: path or link too long, skipped", path);
+    l->warnings++;
     return 0;
   }
   copy = strdup(path);
@@ -692,13 +713,17 @@ static int on_entry(const char *path, const jsync_meta *m, const char *link,
     live_add(&s->opts->live->files_total, 1);
   }
   if (l->w.len >= LIST_BATCH) {
-    return flush_list(l) ? -1 : 0;
+    if (flush_list(l) != 0) {
+      return -1;
+    }
+    drain_ctrl(s);
   }
   return 0;
 }
 
 static void on_warn(const char *path, const char *why, void *user) {
   lister *l = user;
+  l->warnings++;
   sess_log(l->s, 1, "%s: %s", path[0] ? path : ".", why);
 }
 
@@ -737,7 +762,7 @@ static int send_list(jsync_sess *s) {
   free(l.e);
   if (rv == 0) {
     jsync_wbuf_init(&w);
-    jsync_list_end_encode(&w, s->nents);
+    jsync_list_end_encode(&w, s->nents, l.warnings ? JSYNC_LIST_INCOMPLETE : 0);
     rv = sess_send(s, s->ctrl, JSYNC_OP_LIST_END, &w);
   }
   if (rv == 0 && s->opts && s->opts->live) {
@@ -746,36 +771,75 @@ static int send_list(jsync_sess *s) {
   return rv ? -1 : 0;
 }
 
+/* A message on the control circuit: RESULTS (shown by the client) or the
+ * final DONE.  1 after DONE, 0 after RESULTS, -1 on failure; frees f. */
+static int on_ctrl(jsync_sess *s, ckt_fragment *f) {
+  if (f->op == JSYNC_OP_RESULTS) {
+    if (s->is_client) {
+      sess_take_results(s, f);
+    }
+    ckt_fragment_free(f);
+    return sess_failed(s) ? -1 : 0;
+  }
+  if (f->op == JSYNC_OP_DONE) {
+    jsync_done d;
+    int ok = jsync_done_decode(f->payload, f->payload_len, &d) == 0;
+    ckt_fragment_free(f);
+    if (!ok) {
+      return sess_fail(s, FAIL_PROTOCOL, "malformed DONE");
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.transferred = d.transferred;
+    s->st.literal = d.literal;
+    s->st.matched = d.matched;
+    s->st.deleted = d.deleted;
+    s->st.failed = d.status;
+    s->finished = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+  }
+  ckt_fragment_free(f);
+  return sess_fail(s, FAIL_PROTOCOL, "unexpected message on the control");
+}
+
+/* Takes what the receiver sent on the control circuit so far, without
+ * waiting.  While the list is still going out, the receiver's results
+ * must not pile up: a receiver blocked on a full control circuit stops
+ * reading the list, and the two would wait on each other. */
+static void drain_ctrl(jsync_sess *s) {
+  for (;;) {
+    ckt_fragment *f = NULL;
+    int rv = ckt_tcircuit_recv(s->ctrl, 0, &f);
+    if (rv == CKT_ERR_TIMEOUT) {
+      return;
+    }
+    if (rv != CKT_OK || f->type != CKT_FRAG_DATA) {
+      sess_fail_circuit(s, s->ctrl, rv, rv == CKT_OK ? f : NULL);
+      ckt_fragment_free(f);
+      return;
+    }
+    if (on_ctrl(s, f) != 0) {
+      return;
+    }
+  }
+}
+
 /* The control circuit after the list: results, then DONE. */
 static int wait_done(jsync_sess *s) {
   ckt_fragment *f;
+  int done;
+  pthread_mutex_lock(&s->mu);
+  done = s->finished;
+  pthread_mutex_unlock(&s->mu);
+  if (done) {
+    return 0; /* DONE came while the list went out */
+  }
   while ((f = sess_recv(s, s->ctrl)) != NULL) {
-    if (f->op == JSYNC_OP_RESULTS) {
-      if (s->is_client) {
-        sess_take_results(s, f);
-      }
-    } else if (f->op == JSYNC_OP_DONE) {
-      jsync_done d;
-      int ok = jsync_done_decode(f->payload, f->payload_len, &d) == 0;
-      ckt_fragment_free(f);
-      if (!ok) {
-        return sess_fail(s, FAIL_PROTOCOL, "malformed DONE");
-      }
-      pthread_mutex_lock(&s->mu);
-      s->st.transferred = d.transferred;
-      s->st.literal = d.literal;
-      s->st.matched = d.matched;
-      s->st.deleted = d.deleted;
-      s->st.failed = d.status;
-      s->finished = 1;
-      pthread_cond_broadcast(&s->cv);
-      pthread_mutex_unlock(&s->mu);
-      return 0;
-    } else {
-      ckt_fragment_free(f);
-      return sess_fail(s, FAIL_PROTOCOL, "unexpected message on the control");
+    int rv = on_ctrl(s, f);
+    if (rv != 0) {
+      return rv > 0 ? 0 : -1;
     }
-    ckt_fragment_free(f);
   }
   return -1;
 }
@@ -787,6 +851,7 @@ int sender_run(jsync_sess *s) {
   if (!ch) {
     return sess_fail(s, FAIL_NOMEM, "out of memory");
   }
+  s->ctrl_stalled = drain_ctrl;
   for (k = 0; k < s->ndata; ++k) {
     sender_chan *c = &ch[k];
     c->s = s;

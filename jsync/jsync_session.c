@@ -19,6 +19,10 @@
 
 #include "jsync_int.h"
 
+/* Circuits the server handles at once before their sessions exist, plus
+ * running sessions: beyond this, new circuits are refused. */
+#define MAX_THREADS 1024
+
 /* How often blocked threads look at the session's state. */
 #define POLL_MS 250
 
@@ -97,6 +101,9 @@ int sess_send_bytes(jsync_sess *s, ckt_tcircuit *tc, int64_t op, const void *p,
     }
     if (sess_failed(s)) {
       return -1;
+    }
+    if (tc == s->ctrl && s->ctrl_stalled) {
+      s->ctrl_stalled(s);
     }
   }
 }
@@ -985,6 +992,13 @@ static void *accept_loop(void *arg) {
     }
     rv = ckt_tpeer_accept(srv->tp, POLL_MS, &tc);
     if (rv != CKT_OK) {
+      continue;
+    }
+    pthread_mutex_lock(&srv->mu);
+    stopping = srv->threads >= MAX_THREADS;
+    pthread_mutex_unlock(&srv->mu);
+    if (stopping) {
+      ckt_tcircuit_close(tc, "refused: the server is busy");
       continue;
     }
     g = malloc(sizeof(*g));

@@ -396,14 +396,17 @@ int jsync_entries_z_unpack(const void *p, size_t len, uint8_t *out,
   return 0;
 }
 
-void jsync_list_end_encode(jsync_wbuf *w, uint64_t count) {
+void jsync_list_end_encode(jsync_wbuf *w, uint64_t count, uint32_t flags) {
   jsync_w_varint(w, count);
+  jsync_w_varint(w, flags);
 }
 
-int jsync_list_end_decode(const void *p, size_t len, uint64_t *count) {
+int jsync_list_end_decode(const void *p, size_t len, uint64_t *count,
+                          uint32_t *flags) {
   jsync_rbuf r;
   jsync_rbuf_init(&r, p, len);
   *count = jsync_r_varint(&r);
+  *flags = (uint32_t)jsync_r_varint_max(&r, JSYNC_LIST_INCOMPLETE);
   return jsync_r_done(&r) ? 0 : -1;
 }
 
@@ -723,7 +726,10 @@ int jsync_wire_check(int64_t op, const void *p, size_t len) {
     jsync_done done;
     jsync_wgroup g;
     jsync_wchunk c;
-    uint64_t count;
+    struct {
+      uint64_t count;
+      uint32_t flags;
+    };
   } u;
   uint64_t i;
   jsync_rbuf_init(&r, p, len);
@@ -741,7 +747,7 @@ int jsync_wire_check(int64_t op, const void *p, size_t len) {
   case JSYNC_OP_LIST_BEGIN:
     return jsync_list_begin_decode(p, len, &u.begin);
   case JSYNC_OP_LIST_END:
-    return jsync_list_end_decode(p, len, &u.count);
+    return jsync_list_end_decode(p, len, &u.count, &u.flags);
   case JSYNC_OP_ENTRIES:
   case JSYNC_OP_RESULTS:
   case JSYNC_OP_REQ:

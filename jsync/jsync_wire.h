@@ -37,6 +37,7 @@
 /* Entries one session may list: what a receiver remembers per entry
  * (for --delete and directory metadata) stays bounded. */
 #define JSYNC_WIRE_ENTRIES_MAX (16u * 1024 * 1024)
+#define JSYNC_WIRE_LIST_BYTES_MAX (1024u * 1024 * 1024) /* of their paths */
 /* Whole-file hashes are 32 bytes on the wire: BLAKE2b-256, or XXH3-128
  * followed by zeros. */
 #define JSYNC_HASH_LEN 32
@@ -208,8 +209,12 @@ int jsync_entries_z_unpack(const void *p, size_t len, uint8_t *out,
                            size_t out_cap, size_t *out_len);
 
 /* LIST_END: the number of entries sent. */
-void jsync_list_end_encode(jsync_wbuf *w, uint64_t count);
-int jsync_list_end_decode(const void *p, size_t len, uint64_t *count);
+/* LIST_END flags: the sender could not list everything (unreadable
+ * directories, paths too long): the receiver must not --delete. */
+enum { JSYNC_LIST_INCOMPLETE = 1 };
+void jsync_list_end_encode(jsync_wbuf *w, uint64_t count, uint32_t flags);
+int jsync_list_end_decode(const void *p, size_t len, uint64_t *count,
+                          uint32_t *flags);
 
 /* ---- requests (receiver -> sender) --------------------------------------- */
 

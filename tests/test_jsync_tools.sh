@@ -397,10 +397,16 @@ t_exclude_protects() {
   echo server >"$root/ex/server.log"
   echo server >"$root/ex/a/more.log"
   echo gone >"$root/ex/unlisted"
+  # an excluded directory's contents are spared too, at any depth
+  mkdir -p "$root/ex/cache/inner" "$root/ex/sub/cache"
+  echo server >"$root/ex/cache/inner/kept"
+  echo server >"$root/ex/sub/cache/kept"
   jc_want 0 --delete --exclude '*.log' --exclude=cache/ \
     --exclude sub/skip.txt "$ex/" 127.0.0.1:ex || return 1
   [ -f "$root/ex/server.log" ] && [ -f "$root/ex/a/more.log" ] ||
     fail "--delete removed excluded files" || return 1
+  [ -f "$root/ex/cache/inner/kept" ] && [ -f "$root/ex/sub/cache/kept" ] ||
+    fail "--delete removed files inside an excluded directory" || return 1
   [ ! -e "$root/ex/unlisted" ] || fail "--delete left an extraneous file"
 }
 dry=$work/dry
@@ -453,7 +459,7 @@ t_verbose() {
 check "--delete on a push removes extraneous files and dirs (not without it)" t_del_push
 check "--delete on a pull removes extraneous files and dirs (not without it)" t_del_pull
 check "--exclude (repeated; names, dirs/, anchored paths) skips files" t_exclude
-check "--delete spares excluded files at the destination" t_exclude_protects
+check "--delete spares excluded files and excluded directories' contents" t_exclude_protects
 check "-n -v on a push changes nothing and lists what would change" t_dry_push
 check "--dry-run -v on a pull changes nothing and lists what would change" t_dry_pull
 check "-v lists the changed paths, not unchanged ones" t_verbose

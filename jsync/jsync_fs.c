@@ -945,6 +945,10 @@ static int tmp_name_matches(const char *name, const char *prefix) {
   return 1;
 }
 
+int jsync_is_tmp_name(const char *leaf) {
+  return leaf[0] == '.' && strstr(leaf, TMP_TAG) != NULL;
+}
+
 int jsync_tmp_create(int rootfd, const char *rel, jsync_tmp *t) {
   const char *leaf;
   int dirfd, fd = -1, rv = -EEXIST, tries;

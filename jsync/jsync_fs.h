@@ -191,6 +191,10 @@ typedef struct jsync_tmp {
  * with flock(LOCK_EX) so other runs can tell a live temporary file from a
  * stale one.  0, or -EINVAL (bad rel), an error of jsync_open_parent(),
  * or -errno from creating, locking or getrandom(). */
+/* 1 if a directory entry's name is one of jsync's temporary files
+ * (".<leaf>.jsync-XXXXXXXX"), live or left by an interrupted run. */
+int jsync_is_tmp_name(const char *leaf);
+
 int jsync_tmp_create(int rootfd, const char *rel, jsync_tmp *t);
 
 /* Writes len bytes at off.  4 KiB-aligned all-zero blocks are not

@@ -16,6 +16,9 @@
 
 enum { ROLE_SENDER = 1, ROLE_RECEIVER = 2 };
 
+/* How often blocked threads look at the session's state, in ms. */
+#define POLL_MS 250
+
 /* How a session failed; decides jcp's exit code. */
 enum {
   FAIL_NONE = 0,

@@ -27,7 +27,6 @@
 #define WINDOW 32
 /* Old versions and leftovers a file may be rebuilt from. */
 #define MAX_BASES 4
-#define POLL_MS 250
 
 /* ---- a set of strings (the paths the sender listed, for --delete) -------- */
 
@@ -490,7 +489,7 @@ static int may_have_leftovers(jsync_sess *s, const char *lpath) {
     close(fd);
   }
   while (d && (de = readdir(d)) != NULL && !found) {
-    found = de->d_name[0] == '.' && strstr(de->d_name, ".jsync-") != NULL;
+    found = jsync_is_tmp_name(de->d_name);
   }
   if (d) {
     closedir(d);
@@ -502,14 +501,15 @@ static int may_have_leftovers(jsync_sess *s, const char *lpath) {
   return found;
 }
 
-static void open_bases(jsync_sess *s, rjob *j) {
+/* Opens the old version (when lstat saw a regular file there: old_file)
+ * and leftovers of interrupted runs as the job's bases. */
+static void open_bases(jsync_sess *s, rjob *j, int old_file) {
   int fd;
   if (s->dst_fd < 0) {
     return;
   }
-  /* (only called when lstat saw a regular file; O_NONBLOCK in case a FIFO
-   * took its place since) */
-  fd = j->existed
+  /* O_NONBLOCK: a FIFO may have taken the file's place since the lstat */
+  fd = old_file
            ? jsync_open_beneath(s->dst_fd, j->lpath,
                                 O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
                                 0)
@@ -1516,10 +1516,9 @@ static int on_file(jsync_sess *s, const jsync_wentry *e, const char *lpath,
   j->id = e->id;
   j->meta = *m;
   j->size = m->size;
-  j->existed = rv == 0 && S_ISREG(st.st_mode);
-  j->tmp.fd = j->tmp.dirfd = -1;
-  open_bases(s, j);
   j->existed = rv == 0; /* reported as updated, whatever was there */
+  j->tmp.fd = j->tmp.dirfd = -1;
+  open_bases(s, j, rv == 0 && S_ISREG(st.st_mode));
   j->state = j->nbases > 0 && !(s->flags & JSYNC_F_WHOLE) && m->size > 0
                  ? J_GROUPS
                  : J_WHOLE;
@@ -1614,7 +1613,7 @@ typedef struct deleter {
 static int is_temp_name(const char *path) {
   const char *leaf = strrchr(path, '/');
   leaf = leaf ? leaf + 1 : path;
-  return leaf[0] == '.' && strstr(leaf, ".jsync-") != NULL;
+  return jsync_is_tmp_name(leaf);
 }
 
 static int on_existing(const char *path, const jsync_meta *m, const char *link,

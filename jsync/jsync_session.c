@@ -23,9 +23,6 @@
  * running sessions: beyond this, new circuits are refused. */
 #define MAX_THREADS 1024
 
-/* How often blocked threads look at the session's state. */
-#define POLL_MS 250
-
 /* ---- failure ------------------------------------------------------------- */
 
 int sess_fail(jsync_sess *s, int kind, const char *fmt, ...) {

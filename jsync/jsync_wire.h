@@ -127,9 +127,6 @@ void jsync_r_str(jsync_rbuf *r, char *out, size_t out_sz, size_t max);
 uint64_t jsync_r_count(jsync_rbuf *r, size_t min_item, uint64_t max);
 /* 1 when the whole payload was read without error. */
 int jsync_r_done(const jsync_rbuf *r);
-static inline int jsync_r_more(const jsync_rbuf *r) {
-  return !r->err && r->off < r->len;
-}
 
 /* ---- HELLO / WELCOME / JOIN ---------------------------------------------- */
 

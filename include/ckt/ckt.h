@@ -14,6 +14,7 @@
 #include "ckt/message.h"
 #include "ckt/node.h"
 #include "ckt/peer.h"
+#include "ckt/sim.h"
 
 #define CKT_VERSION_MAJOR 0
 #define CKT_VERSION_MINOR 1

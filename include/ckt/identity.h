@@ -88,10 +88,19 @@ typedef struct ckt_cert_options {
   const char *unit;        /* organizational unit, e.g. the identity name */
   const char *email;       /* NULL: none */
   uint32_t valid_days;     /* 0: CKT_CERT_DEFAULT_DAYS */
+  /* Start of validity, Unix seconds (0: now).  With a fixed start and
+   * serial, and the same keys, the certificate is the same bytes every
+   * time (the simulator's built-in identities rely on it). */
+  int64_t not_before;
+  /* Serial number, big-endian, 1..20 bytes, first byte below 0x80
+   * (NULL: a random 128-bit serial). */
+  const uint8_t *serial;
+  size_t serial_len;
 } ckt_cert_options;
 
 /* Makes a self-signed CA certificate (basicConstraints CA:TRUE, keyUsage
- * keyCertSign + cRLSign, random 128-bit serial) for ca_key.
+ * keyCertSign + cRLSign, random 128-bit serial unless opt gives one) for
+ * ca_key.
  * CKT_OK, CKT_ERR_INVALID_ARGUMENT, CKT_ERR_NOMEM, CKT_ERR_CRYPTO. */
 CKT_EXTERN int ckt_cert_make_ca(const ckt_ed25519_key *ca_key,
                                 const ckt_cert_options *opt, char **pem,
@@ -100,7 +109,7 @@ CKT_EXTERN int ckt_cert_make_ca(const ckt_ed25519_key *ca_key,
 /* Makes a certificate for key, signed by the CA (ca_pem + ca_key): CN
  * localhost, SAN DNS:localhost, IP:127.0.0.1 and email:<email>, the email
  * also in the subject, keyUsage digitalSignature, extKeyUsage serverAuth +
- * clientAuth, CA:FALSE, random serial.
+ * clientAuth, CA:FALSE, random serial unless opt gives one.
  * CKT_OK, CKT_ERR_INVALID_ARGUMENT, CKT_ERR_FORMAT (ca_pem), CKT_ERR_KEY_TYPE
  * (CA not Ed25519), CKT_ERR_CERT_NOT_CA, CKT_ERR_KEY_MISMATCH (ca_key is not
  * the CA's key), CKT_ERR_NOMEM, CKT_ERR_CRYPTO. */

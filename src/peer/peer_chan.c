@@ -333,8 +333,8 @@ int ckt_tpeer_start(ckt_node *n, const char *service, ckt_tpeer **out) {
   ckt_tpeer *tp;
   sync_job j;
   int rv;
-  if (!n || !service || !out) {
-    return CKT_ERR_INVALID_ARGUMENT;
+  if (!n || !service || !out || n->sim_host) {
+    return CKT_ERR_INVALID_ARGUMENT; /* blocking reads need a loop thread */
   }
   tp = calloc(1, sizeof(*tp));
   if (!tp) {

@@ -15,6 +15,7 @@
 #include "fragment_codec.h"
 #include "quic_endpoint.h"
 #include "quic_ev.h"
+#include "sim_world.h"
 #include "tls_quic.h"
 
 /* App error codes on streams and connections. */
@@ -92,7 +93,18 @@ struct ckt_node {
   ckt_fragment *rx_frag;
   struct ckt_peer *peers; /* local peers (loop thread) */
   ckt_timer *stop_timer;  /* the grace period of a stop */
+  /* Set when the node runs on a simulated host (ckt_sim_node_new):
+   * no ev loop, no thread; the simulation drives everything. */
+  ckt_sim_host *sim_host;
+  int stop_posted;
 };
+
+/* peer_sim.c: the simulation's built-in identity for host `index`: a
+ * certificate and key derived from the index, signed by the built-in CA
+ * (PEM strings owned by a process-wide cache; *key is a copy to wipe).
+ * CKT_OK, CKT_ERR_NOMEM, CKT_ERR_CRYPTO. */
+int peer_sim_identity(int index, const char **cert, size_t *cert_len,
+                      ckt_ed25519_key *key, const char **ca, size_t *ca_len);
 
 void node_log(ckt_node *n, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

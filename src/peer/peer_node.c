@@ -70,6 +70,9 @@ static void set_stopping(ckt_node *n) {
 
 int node_on_loop(ckt_node *n) {
   int yes;
+  if (n->sim_host) {
+    return 1; /* one thread runs the whole simulation */
+  }
   pthread_mutex_lock(&n->mu);
   yes = n->loop_running && pthread_equal(n->loop_thread, pthread_self());
   pthread_mutex_unlock(&n->mu);
@@ -1359,6 +1362,37 @@ static int node_tls(ckt_node *n) {
   return rv;
 }
 
+/* A simulated node's TLS contexts from the built-in identity of its host
+ * (both roles present the same one). */
+static int node_tls_sim(ckt_node *n, int index) {
+  ckt_tls_config tc;
+  ckt_ed25519_key key;
+  const char *cert, *ca;
+  size_t cert_len, ca_len;
+  int rv = peer_sim_identity(index, &cert, &cert_len, &key, &ca, &ca_len);
+  if (rv != CKT_OK) {
+    node_log(n, "cannot make the simulation's identity %d: %s", index,
+             ckt_strerror(rv));
+    return rv;
+  }
+  memset(&tc, 0, sizeof(tc));
+  tc.cert_pem = cert;
+  tc.cert_len = cert_len;
+  tc.key = &key;
+  tc.ca_pem = ca;
+  tc.ca_len = ca_len;
+  tc.aes_gcm = n->cfg.aes_gcm;
+  tc.skip_verify = n->cfg.insecure_skip_verify;
+  if (n->cfg.serve) {
+    rv = ckt_tls_ctx_new(1, &tc, &n->server_tls);
+  }
+  if (rv == CKT_OK) {
+    rv = ckt_tls_ctx_new(0, &tc, &n->client_tls);
+  }
+  ckt_key_wipe(&key);
+  return rv;
+}
+
 static void derive_secret(ckt_node *n, uint8_t out[CKT_STATIC_SECRET_LEN]) {
   /* Tied to the node's identity and port: a restarted node answers
    * packets of its previous run with resets the peers accept. */
@@ -1372,21 +1406,16 @@ static void derive_secret(ckt_node *n, uint8_t out[CKT_STATIC_SECRET_LEN]) {
   crypto_generichash_final(&st, out, CKT_STATIC_SECRET_LEN);
 }
 
-int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
-  ckt_endpoint_config ec;
-  ckt_ev_receiver recv;
-  ckt_addr bind_addr;
+/* The part of a new node that does not depend on where it runs: the
+ * configuration with its defaults, limits and names. */
+static int node_alloc(const ckt_node_config *cfg, int default_certs,
+                      ckt_node **out) {
   char config_dir[PATH_MAX], buf[PATH_MAX];
-  ckt_node *n;
-  int rv;
-
-  if (!cfg || !out) {
-    return CKT_ERR_INVALID_ARGUMENT;
-  }
-  n = calloc(1, sizeof(*n));
+  ckt_node *n = calloc(1, sizeof(*n));
   if (!n) {
     return CKT_ERR_NOMEM;
   }
+  *out = n;
   n->cfg = *cfg;
   pthread_mutex_init(&n->mu, NULL);
   if (!n->cfg.call_timeout_ms) {
@@ -1411,7 +1440,8 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   n->listen = strdup(cfg->listen ? cfg->listen : "0.0.0.0:0");
   if (cfg->cert_dir) {
     n->cert_dir = strdup(cfg->cert_dir);
-  } else if (ckt_config_dir(config_dir, sizeof(config_dir)) == CKT_OK &&
+  } else if (default_certs &&
+             ckt_config_dir(config_dir, sizeof(config_dir)) == CKT_OK &&
              snprintf(buf, sizeof(buf), "%s/certs", config_dir) <
                  (int)sizeof(buf)) {
     n->cert_dir = strdup(buf);
@@ -1426,11 +1456,68 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   }
   n->cfg.listen = n->cfg.cert_dir = n->cfg.server_name = NULL;
   n->cfg.client_name = n->cfg.ca_file = NULL;
-  randombytes_buf(&n->next_call_id, sizeof(n->next_call_id));
+  if (!n->listen || (default_certs && (!n->cert_dir || !n->ca_file)) ||
+      !n->server_name || !n->client_name) {
+    return CKT_ERR_NOMEM;
+  }
+  return CKT_OK;
+}
+
+/* The endpoint on the node's runtime, bound at `local`. */
+static int node_endpoint(ckt_node *n, const ckt_addr *local,
+                         const uint8_t secret[CKT_STATIC_SECRET_LEN]) {
+  ckt_endpoint_config ec;
+  int rv;
+
+  n->rt->ops->random(n->rt, (uint8_t *)&n->next_call_id,
+                     sizeof(n->next_call_id));
   n->next_call_id &= 0x00ffffffffffffffull; /* room to count up */
-  if (!n->listen || !n->cert_dir || !n->server_name || !n->client_name ||
-      !n->ca_file) {
-    rv = CKT_ERR_NOMEM;
+  ckt_addr_format(local, n->address, sizeof(n->address));
+  memset(&ec, 0, sizeof(ec));
+  ec.server_tls = n->server_tls;
+  ec.client_tls = n->client_tls;
+  ec.idle_timeout = (uint64_t)n->cfg.idle_timeout_ms * 1000000ull;
+  ec.keepalive = (uint64_t)n->cfg.keepalive_ms * 1000000ull;
+  ec.handshake_timeout = (uint64_t)n->cfg.handshake_timeout_ms * 1000000ull;
+  ec.retry = n->cfg.retry;
+  /* Connection credit follows consumption, so a peer can make this node
+   * hold at most one window of unfinished frames per connection; the
+   * window must fit the largest frame. */
+  ec.manual_conn_credit = 1;
+  ec.conn_window = 2 * (n->frame_max + CKT_FRAME_HEADER_LEN);
+  if (ec.conn_window < 8u * 1024 * 1024) {
+    ec.conn_window = 8u * 1024 * 1024;
+  }
+  ec.max_connections = n->cfg.max_connections;
+  ec.no_loopback_shortcuts = n->sim_host != NULL;
+  memcpy(ec.static_secret, secret, CKT_STATIC_SECRET_LEN);
+  ec.cb.conn_ready = on_conn_ready;
+  ec.cb.conn_closed = on_conn_closed;
+  ec.cb.stream_opened = on_stream_opened;
+  ec.cb.stream_data = on_stream_data;
+  ec.cb.stream_closed = on_stream_closed;
+  ec.cb.streams_available = on_streams_available;
+  ec.cb.stream_acked = on_stream_acked;
+  ec.user = n;
+  ec.log = ep_log;
+  rv = ckt_endpoint_new(n->rt, local, &ec, &n->ep);
+  if (rv == CKT_OK) {
+    circuit_register_builtin(n);
+  }
+  return rv;
+}
+
+int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
+  ckt_ev_receiver recv;
+  ckt_addr bind_addr;
+  uint8_t secret[CKT_STATIC_SECRET_LEN];
+  ckt_node *n = NULL;
+  int rv;
+
+  if (!cfg || !out) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if ((rv = node_alloc(cfg, 1, &n)) != CKT_OK) {
     goto fail;
   }
   if (ckt_addr_parse(n->listen, NULL, &bind_addr) != CKT_OK) {
@@ -1448,33 +1535,9 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   }
   n->rt = ckt_ev_runtime(n->ev);
   ckt_addr_format(&ckt_ev_udp(n->ev)->local, n->address, sizeof(n->address));
-  memset(&ec, 0, sizeof(ec));
-  ec.server_tls = n->server_tls;
-  ec.client_tls = n->client_tls;
-  ec.idle_timeout = (uint64_t)n->cfg.idle_timeout_ms * 1000000ull;
-  ec.keepalive = (uint64_t)n->cfg.keepalive_ms * 1000000ull;
-  ec.handshake_timeout = (uint64_t)n->cfg.handshake_timeout_ms * 1000000ull;
-  ec.retry = n->cfg.retry;
-  /* Connection credit follows consumption, so a peer can make this node
-   * hold at most one window of unfinished frames per connection; the
-   * window must fit the largest frame. */
-  ec.manual_conn_credit = 1;
-  ec.conn_window = 2 * (n->frame_max + CKT_FRAME_HEADER_LEN);
-  if (ec.conn_window < 8u * 1024 * 1024) {
-    ec.conn_window = 8u * 1024 * 1024;
-  }
-  ec.max_connections = n->cfg.max_connections;
-  derive_secret(n, ec.static_secret);
-  ec.cb.conn_ready = on_conn_ready;
-  ec.cb.conn_closed = on_conn_closed;
-  ec.cb.stream_opened = on_stream_opened;
-  ec.cb.stream_data = on_stream_data;
-  ec.cb.stream_closed = on_stream_closed;
-  ec.cb.streams_available = on_streams_available;
-  ec.cb.stream_acked = on_stream_acked;
-  ec.user = n;
-  ec.log = ep_log;
-  rv = ckt_endpoint_new(n->rt, &ckt_ev_udp(n->ev)->local, &ec, &n->ep);
+  derive_secret(n, secret);
+  rv = node_endpoint(n, &ckt_ev_udp(n->ev)->local, secret);
+  ckt_secure_zero(secret, sizeof(secret));
   if (rv != CKT_OK) {
     goto fail;
   }
@@ -1482,13 +1545,56 @@ int ckt_node_new(const ckt_node_config *cfg, ckt_node **out) {
   recv.batch_done = ev_batch_done;
   recv.user = n;
   ckt_ev_set_receiver(n->ev, &recv);
-  circuit_register_builtin(n);
   *out = n;
   return CKT_OK;
 
 fail:
   ckt_node_free(n);
   return rv;
+}
+
+int ckt_sim_node_new(ckt_sim_host *h, uint16_t port, const ckt_node_config *cfg,
+                     ckt_node **out) {
+  sim_receiver recv;
+  ckt_addr local;
+  uint8_t secret[CKT_STATIC_SECRET_LEN];
+  ckt_sim_host *prev;
+  ckt_node *n = NULL;
+  int rv;
+
+  if (!h || !cfg || !out || sim_host_is_bound(h)) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if ((rv = node_alloc(cfg, 0, &n)) != CKT_OK) {
+    ckt_node_free(n);
+    return rv;
+  }
+  recv.datagram = ev_datagram;
+  recv.batch_done = ev_batch_done;
+  recv.user = n;
+  rv = sim_host_bind(h, port ? port : CKT_DEFAULT_PORT, &recv, &n->rt, &local);
+  if (rv != CKT_OK) {
+    ckt_node_free(n);
+    return rv;
+  }
+  n->sim_host = h;
+  /* What the node draws while it is built (TLS contexts, its call IDs)
+   * comes from the host's stream too. */
+  prev = sim_enter(h);
+  ckt_addr_format(&local, n->address, sizeof(n->address));
+  rv = n->cert_dir ? node_tls(n) : node_tls_sim(n, ckt_sim_host_index(h));
+  if (rv == CKT_OK) {
+    sim_host_secret(h, secret);
+    rv = node_endpoint(n, &local, secret);
+    ckt_secure_zero(secret, sizeof(secret));
+  }
+  sim_leave(prev);
+  if (rv != CKT_OK) {
+    ckt_node_free(n);
+    return rv;
+  }
+  *out = n;
+  return CKT_OK;
 }
 
 void ckt_node_address(const ckt_node *n, char *out, size_t outsz) {
@@ -1512,6 +1618,9 @@ static void *loop_main(void *arg) {
 }
 
 int ckt_node_start(ckt_node *n) {
+  if (n->sim_host) {
+    return CKT_ERR_INVALID_ARGUMENT; /* the simulation runs it */
+  }
   if (n->thread_started) {
     return CKT_OK;
   }
@@ -1523,7 +1632,9 @@ int ckt_node_start(ckt_node *n) {
 }
 
 void ckt_node_run(ckt_node *n) {
-  loop_body(n);
+  if (!n->sim_host) {
+    loop_body(n);
+  }
 }
 
 /* On the loop: fail what waits, close connections, end the loop. */
@@ -1542,7 +1653,9 @@ static void stop_finish(void *arg) {
       pconn_free(pc);
     }
   }
-  ckt_ev_stop(n->ev);
+  if (n->ev) {
+    ckt_ev_stop(n->ev);
+  }
 }
 
 /* Circuits closing as the node stops send CLOSE frames; they get a short
@@ -1567,7 +1680,15 @@ static void stop_on_loop(void *arg) {
 }
 
 void ckt_node_stop(ckt_node *n) {
-  if (!n || !n->ev) {
+  if (!n || (!n->ev && !n->sim_host)) {
+    return;
+  }
+  if (n->sim_host) {
+    /* Completes as the simulation runs (the CLOSE grace included). */
+    if (!n->stop_posted) {
+      n->stop_posted = 1;
+      n->rt->ops->post(n->rt, stop_on_loop, n);
+    }
     return;
   }
   if (node_on_loop(n)) {
@@ -1597,19 +1718,33 @@ void ckt_node_free(ckt_node *n) {
   if (n->ev) {
     /* Work other threads posted still runs, and fails as "closed". */
     ckt_ev_run_posted(n->ev);
+  } else if (n->sim_host) {
+    sim_host_run_posted(n->sim_host);
   }
+  /* Connections still up (a node freed without a stop, as a simulated
+   * crash does) go as if lost: their calls fail and their circuits end
+   * before the endpoint frees the streams under them. */
   while (n->conns) {
     pconn *pc = n->conns;
+    pconn_unlink(pc);
+    if (pc->conn) {
+      ckt_conn_set_user(pc->conn, NULL);
+    }
     while (pc->calls) {
       call_finish(pc->calls, CKT_ERR_CLOSED, NULL, "the node is stopping");
     }
+    circuit_conn_lost(pc, "the node is stopping");
     pconn_free(pc);
   }
+  circuit_stop_all(n); /* peers a stop did not already take down */
   ckt_endpoint_free(n->ep);
   if (n->stop_timer) {
     n->rt->ops->timer_free(n->rt, n->stop_timer);
   }
   ckt_ev_free(n->ev);
+  if (n->sim_host) {
+    sim_host_unbind(n->sim_host);
+  }
   ckt_tls_ctx_free(n->server_tls);
   ckt_tls_ctx_free(n->client_tls);
   while ((s = n->services) != NULL) {
@@ -1648,5 +1783,11 @@ void ckt_node_get_stats(ckt_node *n, ckt_node_stats *out) {
     out->bytes_received = CKT_COUNTER_GET(u->bytes_received);
     out->datagrams_sent = CKT_COUNTER_GET(u->datagrams_sent);
     out->datagrams_received = CKT_COUNTER_GET(u->datagrams_received);
+  } else if (n->sim_host) {
+    const sim_host_counters *hc = sim_host_get_counters(n->sim_host);
+    out->bytes_sent = hc->bytes_sent;
+    out->bytes_received = hc->bytes_received;
+    out->datagrams_sent = hc->datagrams_sent;
+    out->datagrams_received = hc->datagrams_received;
   }
 }

@@ -911,7 +911,10 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
 
 static void conn_timer(void *arg);
 
-static int is_loopback(const ckt_addr *a) {
+static int is_loopback(const ckt_endpoint *ep, const ckt_addr *a) {
+  if (ep->cfg.no_loopback_shortcuts) {
+    return 0;
+  }
   if (a->ss.ss_family == AF_INET) {
     const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
     return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
@@ -935,7 +938,7 @@ static ckt_conn *conn_alloc(ckt_endpoint *ep, const ckt_addr *peer, int client,
   }
   c->ep = ep;
   c->peer = *peer;
-  c->loopback = is_loopback(peer);
+  c->loopback = is_loopback(ep, peer);
   c->client = client;
   c->user = user;
   c->serial = ++ep->next_serial;
@@ -968,7 +971,7 @@ static void conn_link(ckt_conn *c) {
 static void settings_for(ckt_endpoint *ep, ngtcp2_settings *s,
                          ngtcp2_transport_params *p, const ckt_addr *peer) {
   ngtcp2_settings_default(s);
-  if (is_loopback(peer)) {
+  if (is_loopback(ep, peer)) {
     s->max_tx_udp_payload_size = LOOPBACK_UDP_PAYLOAD;
     s->no_tx_udp_payload_size_shaping = 1;
   }
@@ -1192,6 +1195,47 @@ static void send_version_negotiation(ckt_endpoint *ep, const ckt_addr *from,
   }
 }
 
+/* A datagram for no connection may be a stateless reset from a peer that
+ * lost our connection (it restarted): its last 16 bytes are then the token
+ * the peer gave for one of the connection IDs we send to.  Such a
+ * connection is over at once, instead of at its idle timeout; 1 if the
+ * datagram was one. */
+static int stateless_reset_received(ckt_endpoint *ep, const ckt_addr *from,
+                                    const uint8_t *data, size_t len) {
+  const uint8_t *tok = data + len - NGTCP2_STATELESS_RESET_TOKENLEN;
+  ngtcp2_cid_token ids[8];
+  ckt_conn *c;
+
+  if (len < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN +
+                NGTCP2_STATELESS_RESET_TOKENLEN) {
+    return 0;
+  }
+  for (c = ep->conns; c; c = c->next) {
+    size_t n;
+    if (c->dead || !ckt_addr_equal(&c->peer, from) ||
+        ngtcp2_conn_get_num_active_dcid(c->q) > 8) {
+      continue;
+    }
+    n = ngtcp2_conn_get_active_dcid(c->q, ids);
+    for (size_t i = 0; i < n; i++) {
+      uint8_t diff = 0;
+      for (size_t k = 0; k < NGTCP2_STATELESS_RESET_TOKENLEN; k++) {
+        diff |= (uint8_t)(ids[i].token[k] ^ tok[k]);
+      }
+      if (ids[i].token_present && diff == 0) {
+        char why[256], who[CKT_ADDR_STRLEN];
+        peer_name(c, who, sizeof(who));
+        snprintf(why, sizeof(why),
+                 "%s reset the connection (it restarted, or lost it)", who);
+        conn_notify_closed(c, CKT_ERR_CONNECTION, why);
+        conn_bury(c);
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
 static void send_stateless_reset(ckt_endpoint *ep, const ckt_addr *from,
                                  const ngtcp2_version_cid *vc, size_t len) {
   uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN], rnd[64];
@@ -1253,7 +1297,7 @@ void ckt_endpoint_recv(ckt_endpoint *ep, const ckt_addr *from,
   if (!c) {
     if (data[0] & 0x80) {
       accept_conn(ep, from, data, len);
-    } else {
+    } else if (!stateless_reset_received(ep, from, data, len)) {
       CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
       send_stateless_reset(ep, from, &vc, len);
     }

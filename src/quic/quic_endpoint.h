@@ -79,6 +79,10 @@ typedef struct ckt_endpoint_config {
    * conn_window bounds what a peer can make this side hold.  Stream-level
    * credit stays automatic. */
   int manual_conn_credit;
+  /* 1: peers' addresses say nothing about where they are (the simulator's
+   * virtual 127.77.x.y hosts): no loopback shortcuts (big packets,
+   * unpaced bursts) whatever the address looks like. */
+  int no_loopback_shortcuts;
   /* Keys stateless-reset tokens and retry tokens.  Derive it from the
    * node's identity so that a restarted node can still reset connections
    * its previous run had (peers then notice at once). */

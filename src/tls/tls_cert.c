@@ -368,8 +368,53 @@ static int fill_subject(Cert *cert, const ckt_cert_options *opt, int is_ca) {
   return CKT_OK;
 }
 
-static int random_serial(Cert *cert) {
-  int rv = ckt_random_bytes(cert->serial, 16);
+/* Writes t as a DER UTCTime (years before 2050) or GeneralizedTime, tag
+ * and length included; returns its size, or 0 if out of range. */
+static int der_time(int64_t t, uint8_t out[CTC_DATE_SIZE]) {
+  time_t tt = (time_t)t;
+  struct tm tm;
+  char text[20];
+  int n;
+  if (!gmtime_r(&tt, &tm) || tm.tm_year + 1900 < 1950 ||
+      tm.tm_year + 1900 > 9999) {
+    return 0;
+  }
+  if (tm.tm_year + 1900 < 2050) {
+    n = snprintf(text, sizeof(text), "%02d%02d%02d%02d%02d%02dZ",
+                 tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec);
+    out[0] = 0x17; /* UTCTime */
+  } else {
+    n = snprintf(text, sizeof(text), "%04d%02d%02d%02d%02d%02dZ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec);
+    out[0] = 0x18; /* GeneralizedTime */
+  }
+  out[1] = (uint8_t)n;
+  memcpy(out + 2, text, (size_t)n);
+  return n + 2;
+}
+
+/* A fixed validity window: [not_before, not_before + days). */
+static int fixed_validity(Cert *cert, int64_t not_before, uint32_t days) {
+  cert->beforeDateSz = der_time(not_before, cert->beforeDate);
+  cert->afterDateSz =
+      der_time(not_before + (int64_t)days * 86400, cert->afterDate);
+  return cert->beforeDateSz && cert->afterDateSz ? CKT_OK
+                                                 : CKT_ERR_INVALID_ARGUMENT;
+}
+
+static int set_serial(Cert *cert, const ckt_cert_options *opt) {
+  int rv;
+  if (opt && opt->serial) {
+    if (opt->serial_len < 1 || opt->serial_len > 20 || opt->serial[0] >= 0x80) {
+      return CKT_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(cert->serial, opt->serial, opt->serial_len);
+    cert->serialSz = (int)opt->serial_len;
+    return CKT_OK;
+  }
+  rv = ckt_random_bytes(cert->serial, 16);
   if (rv != CKT_OK) {
     return rv;
   }
@@ -402,7 +447,12 @@ static int make_cert(const ckt_ed25519_key *key, const ckt_ed25519_key *signer,
     return CKT_ERR_CRYPTO;
   }
   if ((rv = fill_subject(&cert, opt, is_ca)) != CKT_OK ||
-      (rv = random_serial(&cert)) != CKT_OK) {
+      (rv = set_serial(&cert, opt)) != CKT_OK) {
+    return rv;
+  }
+  if (opt && opt->not_before &&
+      (rv = fixed_validity(&cert, opt->not_before, (uint32_t)cert.daysValid)) !=
+          CKT_OK) {
     return rv;
   }
   cert.sigType = CTC_ED25519;

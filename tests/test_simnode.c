@@ -1,0 +1,382 @@
+/*
+ * test_simnode.c — real ckt nodes on the deterministic simulator, through
+ * the public API only: replay from a seed, and how peers and circuits
+ * behave under partitions, connection loss, crashes and clock skew.
+ */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckt/ckt.h"
+
+#define PORT 7100
+#define NMAX 4
+
+typedef struct side {
+  struct world *w;
+  int idx;
+  uint64_t got;            /* data fragments received */
+  uint64_t next_seq[NMAX]; /* per sender: the sequence due next */
+  int misordered;
+  int closed, closed_remote;
+  char reason[256];
+} side;
+
+typedef struct world {
+  ckt_sim *sim;
+  int n;
+  ckt_sim_host *h[NMAX];
+  ckt_node *node[NMAX];
+  ckt_peer *peer[NMAX];
+  side s[NMAX];
+  char addr[NMAX][64];
+  uint32_t idle_ms;
+  int quiet_logs;
+} world;
+
+static int on_new(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
+                  void *user) {
+  (void)p;
+  (void)open;
+  ckt_circuit_set_user(c, user);
+  return 0;
+}
+
+static void on_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *f,
+                        void *user) {
+  side *sd = user;
+  (void)p;
+  (void)c;
+  /* part = sender << 32 | sequence */
+  uint64_t from = (uint64_t)f->part >> 32, seq = (uint64_t)f->part & 0xffffffff;
+  if (from >= NMAX || seq != sd->next_seq[from]) {
+    sd->misordered++;
+  } else {
+    sd->next_seq[from] = seq + 1;
+  }
+  sd->got++;
+}
+
+static void on_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
+                      int remote, void *user) {
+  side *sd = user;
+  (void)p;
+  (void)c;
+  sd->closed++;
+  sd->closed_remote += remote;
+  snprintf(sd->reason, sizeof(sd->reason), "%s", reason ? reason : "");
+}
+
+/* SIMNODE_LOG=1 shows the nodes' log lines when a test needs looking at. */
+static void quiet_log(void *user, const char *line) {
+  (void)user;
+  if (getenv("SIMNODE_LOG")) {
+    fprintf(stderr, "log: %s\n", line);
+  }
+}
+
+static void node_start(world *w, int i) {
+  static const ckt_peer_service svc = {
+      .circuit_new = on_new,
+      .fragment = on_fragment,
+      .circuit_closed = on_closed,
+  };
+  ckt_node_config cfg;
+  ckt_node_config_init(&cfg);
+  cfg.serve = 1;
+  cfg.idle_timeout_ms = w->idle_ms;
+  cfg.handshake_timeout_ms = 2000;
+  cfg.log = quiet_log;
+  cr_assert_eq(ckt_sim_node_new(w->h[i], PORT, &cfg, &w->node[i]), CKT_OK);
+  cr_assert_eq(ckt_node_register_peer_service(w->node[i], "t", &svc, &w->s[i]),
+               CKT_OK);
+  cr_assert_eq(ckt_node_start_peer(w->node[i], "t", &w->peer[i]), CKT_OK);
+}
+
+static void world_init(world *w, uint64_t seed, int n, const ckt_sim_link *link,
+                       uint32_t idle_ms) {
+  memset(w, 0, sizeof(*w));
+  w->n = n;
+  w->idle_ms = idle_ms;
+  cr_assert_eq(ckt_sim_new(seed, link, &w->sim), CKT_OK);
+  for (int i = 0; i < n; i++) {
+    w->s[i].w = w;
+    w->s[i].idx = i;
+    cr_assert_eq(ckt_sim_host_new(w->sim, &w->h[i]), CKT_OK);
+    snprintf(w->addr[i], sizeof(w->addr[i]), "%s:%d", ckt_sim_host_ip(w->h[i]),
+             PORT);
+    node_start(w, i);
+  }
+}
+
+static void world_free(world *w) {
+  for (int i = 0; i < w->n; i++) {
+    ckt_node_free(w->node[i]);
+  }
+  ckt_sim_free(w->sim);
+}
+
+static ckt_fragment *frag(int from, uint64_t seq) {
+  ckt_fragment *f = ckt_fragment_new();
+  uint8_t body[100];
+  cr_assert_not_null(f);
+  memset(body, (int)(seq & 0xff), sizeof(body));
+  f->type = CKT_FRAG_DATA;
+  f->part = (int64_t)(((uint64_t)from << 32) | seq);
+  cr_assert_eq(ckt_fragment_set_payload(f, body, sizeof(body)), CKT_OK);
+  return f;
+}
+
+static ckt_circuit *open_to(world *w, int from, int to) {
+  ckt_circuit *c = NULL;
+  cr_assert_eq(ckt_peer_open_circuit_extant(w->peer[from], w->addr[to], "t",
+                                            "c", NULL, &w->s[from], &c),
+               CKT_OK);
+  return c;
+}
+
+/* Sends n fragments on c, an opener's circuit of node `from`. */
+static void send_n(ckt_circuit *c, uint64_t first, uint64_t n) {
+  side *sd = ckt_circuit_user(c);
+  for (uint64_t i = 0; i < n; i++) {
+    cr_assert_eq(ckt_circuit_send(c, frag(sd->idx, first + i)), CKT_OK);
+  }
+}
+
+static uint64_t run_for(world *w, uint64_t ns) {
+  return ckt_sim_run(w->sim, ckt_sim_now(w->sim) + ns);
+}
+
+/* Three nodes on a lossy, duplicating, reordering network: every node
+ * opens a circuit to every other and sends 40 fragments. */
+static uint64_t scenario(uint64_t seed, uint64_t *delivered) {
+  ckt_sim_link l = {.latency_ns = 3 * CKT_SIM_MS,
+                    .jitter_ns = 2 * CKT_SIM_MS,
+                    .loss_ppm = 20000,
+                    .dup_ppm = 10000,
+                    .reorder_ppm = 30000,
+                    .reorder_ns = 10 * CKT_SIM_MS};
+  world w;
+  uint64_t trace;
+  world_init(&w, seed, 3, &l, 5000);
+  for (int a = 0; a < 3; a++) {
+    for (int b = 0; b < 3; b++) {
+      if (a != b) {
+        send_n(open_to(&w, a, b), 0, 40);
+      }
+    }
+  }
+  run_for(&w, 4 * CKT_SIM_S);
+  *delivered = 0;
+  for (int i = 0; i < 3; i++) {
+    *delivered += w.s[i].got;
+    cr_assert_eq(w.s[i].misordered, 0, "node %d got fragments out of order", i);
+  }
+  trace = ckt_sim_trace(w.sim);
+  world_free(&w);
+  return trace;
+}
+
+Test(simnode, same_seed_same_trace) {
+  for (uint64_t seed = 1; seed <= 24; seed++) {
+    uint64_t d1, d2;
+    uint64_t t1 = scenario(seed, &d1), t2 = scenario(seed, &d2);
+    cr_assert_eq(t1, t2,
+                 "seed %" PRIu64 ": trace %016" PRIx64 " then %016" PRIx64,
+                 seed, t1, t2);
+    /* Each node receives 40 from each of the two others (exactly once). */
+    cr_assert_eq(d1, 240, "seed %" PRIu64 ": %" PRIu64 " delivered", seed, d1);
+    cr_assert_eq(d2, d1);
+  }
+}
+
+Test(simnode, different_seeds_different_traces) {
+  uint64_t t[12], d;
+  for (int i = 0; i < 12; i++) {
+    t[i] = scenario(1000 + (uint64_t)i, &d);
+    for (int j = 0; j < i; j++) {
+      cr_assert_neq(t[i], t[j], "seeds %d and %d share a trace", 1000 + i,
+                    1000 + j);
+    }
+  }
+}
+
+Test(simnode, partition_shorter_than_idle_timeout_loses_nothing) {
+  world w;
+  ckt_circuit *c;
+  world_init(&w, 7, 2, NULL, 5000);
+  c = open_to(&w, 0, 1);
+  send_n(c, 0, 10);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 10);
+  ckt_sim_partition(w.sim, w.h[0], w.h[1], 0);
+  send_n(c, 10, 10);
+  run_for(&w, 3 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 10, "nothing crosses a partition");
+  ckt_sim_heal(w.sim, w.h[0], w.h[1]);
+  run_for(&w, 5 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 20);
+  cr_assert_eq(w.s[1].misordered, 0);
+  cr_assert_eq(w.s[0].closed + w.s[1].closed, 0, "a circuit closed: %s%s",
+               w.s[0].reason, w.s[1].reason);
+  world_free(&w);
+}
+
+Test(simnode, one_way_partition_heals) {
+  world w;
+  ckt_circuit *c;
+  world_init(&w, 8, 2, NULL, 5000);
+  c = open_to(&w, 0, 1);
+  send_n(c, 0, 5);
+  run_for(&w, 1 * CKT_SIM_S);
+  ckt_sim_partition(w.sim, w.h[0], w.h[1], 1); /* 0 -> 1 only */
+  send_n(c, 5, 5);
+  run_for(&w, 2 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 5);
+  ckt_sim_heal(w.sim, w.h[0], w.h[1]);
+  run_for(&w, 3 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 10);
+  cr_assert_eq(w.s[0].closed + w.s[1].closed, 0);
+  world_free(&w);
+}
+
+Test(simnode, connection_loss_closes_circuits_on_both_sides) {
+  world w;
+  ckt_node_stats st;
+  world_init(&w, 9, 2, NULL, 2000);
+  send_n(open_to(&w, 0, 1), 0, 3);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 3);
+  ckt_sim_partition(w.sim, w.h[0], w.h[1], 0);
+  run_for(&w, 10 * CKT_SIM_S);
+  cr_assert_eq(w.s[0].closed, 1, "the opener's circuit closed");
+  cr_assert_eq(w.s[1].closed, 1, "the acceptor's circuit closed");
+  cr_assert(strstr(w.s[0].reason, "connection lost") != NULL, "reason: %s",
+            w.s[0].reason);
+  cr_assert(strstr(w.s[1].reason, "connection lost") != NULL, "reason: %s",
+            w.s[1].reason);
+  ckt_node_get_stats(w.node[0], &st);
+  cr_assert_eq(st.connections_open, 0);
+  world_free(&w);
+}
+
+Test(simnode, crash_and_restart_is_noticed_before_the_idle_timeout) {
+  world w;
+  ckt_circuit *c;
+  uint64_t t0;
+  world_init(&w, 10, 2, NULL, 30000);
+  c = open_to(&w, 0, 1);
+  send_n(c, 0, 3);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 3);
+  /* Node 1 crashes: its goodbyes are lost, then it comes back. */
+  ckt_sim_host_down(w.h[1]);
+  ckt_node_free(w.node[1]);
+  w.node[1] = NULL;
+  run_for(&w, 1 * CKT_SIM_S);
+  ckt_sim_host_up(w.h[1]);
+  memset(&w.s[1], 0, sizeof(w.s[1]));
+  node_start(&w, 1);
+  cr_assert_eq(w.s[0].closed, 0, "node 0 cannot know yet");
+  t0 = ckt_sim_now(w.sim);
+  send_n(c, 3, 1);
+  while (!w.s[0].closed && ckt_sim_now(w.sim) - t0 < 10 * CKT_SIM_S) {
+    run_for(&w, 10 * CKT_SIM_MS);
+  }
+  cr_assert_eq(w.s[0].closed, 1, "the stale circuit closed");
+  cr_assert_lt(ckt_sim_now(w.sim) - t0, 2 * CKT_SIM_S,
+               "a stateless reset, not the 30 s idle timeout, ended it");
+  /* A new circuit reaches the restarted node's new peer. */
+  send_n(open_to(&w, 0, 1), 0, 4);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 4);
+  world_free(&w);
+}
+
+typedef struct call_box {
+  int done, err;
+  int64_t created_seen;
+  char why[200];
+} call_box;
+
+static int handler(ckt_node *n, const ckt_message *req, ckt_message *reply,
+                   void *user) {
+  call_box *b = user;
+  (void)n;
+  b->created_seen = req->created_ns;
+  return ckt_message_set_payload(reply, req->payload, req->payload_len);
+}
+
+static void call_done(ckt_node *n, int err, const ckt_message *reply,
+                      void *user) {
+  call_box *b = user;
+  (void)n;
+  b->done = 1;
+  b->err = err;
+  snprintf(b->why, sizeof(b->why), "%s", reply->err ? reply->err : "");
+}
+
+static void call(world *w, call_box *b) {
+  ckt_message *m = ckt_message_new();
+  cr_assert_not_null(m);
+  ckt_message_set_service(m, "echo");
+  ckt_message_set_payload(m, "hi", 2);
+  cr_assert_eq(
+      ckt_node_call_async(w->node[0], w->addr[1], m, 2000, call_done, b),
+      CKT_OK);
+  run_for(w, 3 * CKT_SIM_S);
+  cr_assert(b->done);
+}
+
+Test(simnode, calls_see_skewed_wall_clocks) {
+  world w;
+  call_box b;
+  memset(&b, 0, sizeof(b));
+  world_init(&w, 11, 2, NULL, 5000);
+  cr_assert_eq(ckt_node_register_call(w.node[1], "echo", handler, &b), CKT_OK);
+  ckt_sim_host_set_skew(w.h[0], 5 * (int64_t)CKT_SIM_S);
+  call(&w, &b);
+  cr_assert_eq(b.err, CKT_OK, "%s", b.why);
+  /* The caller stamped the request with its own (skewed) wall clock. */
+  cr_assert_geq(b.created_seen, CKT_SIM_WALL_EPOCH + 5 * (int64_t)CKT_SIM_S);
+  cr_assert_lt(b.created_seen, CKT_SIM_WALL_EPOCH + 6 * (int64_t)CKT_SIM_S);
+  /* A server whose clock runs 10 s ahead sees a 2 s deadline as passed. */
+  memset(&b, 0, sizeof(b));
+  ckt_sim_host_set_skew(w.h[0], 0);
+  ckt_sim_host_set_skew(w.h[1], 10 * (int64_t)CKT_SIM_S);
+  call(&w, &b);
+  cr_assert_eq(b.err, CKT_ERR_REMOTE, "err %d: %s", b.err, b.why);
+  cr_assert(strstr(b.why, "deadline") != NULL, "%s", b.why);
+  world_free(&w);
+}
+
+Test(simnode, simulated_nodes_have_no_threads) {
+  world w;
+  ckt_tpeer *tp = NULL;
+  world_init(&w, 12, 2, NULL, 5000);
+  cr_assert_eq(ckt_node_start(w.node[0]), CKT_ERR_INVALID_ARGUMENT);
+  cr_assert_eq(ckt_tpeer_start(w.node[0], "x", &tp), CKT_ERR_INVALID_ARGUMENT);
+  cr_assert_eq(
+      ckt_sim_node_new(w.h[0], PORT, &(ckt_node_config){0}, &w.node[2]),
+      CKT_ERR_INVALID_ARGUMENT, "one node per host");
+  world_free(&w);
+}
+
+Test(simnode, idle_connections_cost_little) {
+  world w;
+  ckt_node_stats st;
+  uint64_t events;
+  world_init(&w, 13, 2, NULL, 30000);
+  send_n(open_to(&w, 0, 1), 0, 1);
+  run_for(&w, 1 * CKT_SIM_S);
+  /* An hour of keepalives on an idle connection: it stays up, and the
+   * simulation skips the silence between them. */
+  events = run_for(&w, 3600 * CKT_SIM_S);
+  ckt_node_get_stats(w.node[0], &st);
+  cr_assert_eq(st.connections_open, 1);
+  cr_assert_eq(w.s[0].closed + w.s[1].closed, 0);
+  cr_assert_lt(events, 40000, "%" PRIu64 " events for an idle hour", events);
+  world_free(&w);
+}

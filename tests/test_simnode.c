@@ -380,3 +380,33 @@ Test(simnode, idle_connections_cost_little) {
   cr_assert_lt(events, 40000, "%" PRIu64 " events for an idle hour", events);
   world_free(&w);
 }
+
+static const char *at_most_five(ckt_sim *s, void *user) {
+  const side *sd = user;
+  (void)s;
+  return sd->got > 5 ? "node 1 got more than 5 fragments" : NULL;
+}
+
+Test(simnode, a_failed_invariant_stops_the_run) {
+  world w;
+  uint64_t t_fail;
+  world_init(&w, 14, 2, NULL, 5000);
+  cr_assert_eq(ckt_sim_add_invariant(w.sim, at_most_five, &w.s[1]), CKT_OK);
+  send_n(open_to(&w, 0, 1), 0, 200);
+  run_for(&w, 5 * CKT_SIM_S);
+  cr_assert_not_null(ckt_sim_failure(w.sim));
+  cr_assert_str_eq(ckt_sim_failure(w.sim),
+                   "invariant: node 1 got more than 5 fragments");
+  /* It stopped right after the event that broke it, not 5 s later. */
+  cr_assert_gt(w.s[1].got, 5);
+  cr_assert_lt(w.s[1].got, 200);
+  t_fail = ckt_sim_now(w.sim);
+  cr_assert_lt(t_fail, 1 * CKT_SIM_S);
+  /* A failed simulation runs nothing more, and keeps the first reason. */
+  cr_assert_eq(run_for(&w, 5 * CKT_SIM_S), 0);
+  cr_assert_eq(ckt_sim_now(w.sim), t_fail);
+  ckt_sim_fail(w.sim, "a second reason");
+  cr_assert_str_eq(ckt_sim_failure(w.sim),
+                   "invariant: node 1 got more than 5 fragments");
+  world_free(&w);
+}

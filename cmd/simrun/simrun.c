@@ -102,24 +102,31 @@ typedef struct run {
   int nflows;
   faultcfg fc;
   uint64_t span_ns, spread_ns, deadline_ns;
-  uint64_t delivered, closes, faults_injected, restarts_done, seen;
+  uint64_t sent, delivered, closes, faults_injected, restarts_done, seen;
   int failed, finished, tearing_down;
-  char why[512];
 } run;
 
 static void fail(run *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A check failed: the simulation keeps the first reason and stops. */
 static void fail(run *r, const char *fmt, ...) {
+  char why[512];
   va_list ap;
-  if (r->failed) {
-    return;
-  }
-  r->failed = 1;
   va_start(ap, fmt);
-  vsnprintf(r->why, sizeof(r->why), fmt, ap);
+  vsnprintf(why, sizeof(why), fmt, ap);
   va_end(ap);
-  ckt_sim_halt(r->sim);
+  r->failed = 1;
+  ckt_sim_fail(r->sim, "%s", why);
+}
+
+/* Checked after every event: no receiver ever counts more fragments than
+ * were sent (a duplicate that slipped past the per-circuit order check
+ * would show here first). */
+static const char *no_more_than_sent(ckt_sim *s, void *user) {
+  const run *r = user;
+  (void)s;
+  return r->delivered > r->sent ? "more fragments delivered than sent" : NULL;
 }
 
 static double sim_seconds(const run *r) {
@@ -230,6 +237,7 @@ static void pump(run *r, flow *f) {
     }
     f->gens[gen].sent++;
     f->next_seq++;
+    r->sent++;
   }
 }
 
@@ -458,11 +466,20 @@ static void set_profile(run *r) {
   }
   if (r->profile == P_RANDOM) {
     /* Everything drawn from the seed: the replay needs nothing else. */
-    fc->link.latency_ns = rand_range(r, 100000, 20 * CKT_SIM_MS);
+    /* One seed in four gets a harsh network: up to 15% loss, 100 ms of
+     * latency, links down to 100 kbit/s with short queues. */
+    int harsh = ckt_sim_rand_below(r->sim, 4) == 0;
+    fc->link.latency_ns =
+        rand_range(r, 100000, (harsh ? 100 : 20) * CKT_SIM_MS);
     fc->link.jitter_ns = rand_range(r, 0, 5 * CKT_SIM_MS);
     fc->link.bandwidth_bps =
-        ckt_sim_rand_below(r->sim, 2) ? rand_range(r, 1000000, 1000000000) : 0;
-    fc->link.loss_ppm = (uint32_t)rand_range(r, 0, 50000);
+        ckt_sim_rand_below(r->sim, 2)
+            ? rand_range(r, harsh ? 100000 : 1000000, 1000000000)
+            : 0;
+    if (harsh) {
+      fc->link.queue_bytes = rand_range(r, 4096, 256 * 1024);
+    }
+    fc->link.loss_ppm = (uint32_t)rand_range(r, 0, harsh ? 150000 : 50000);
     fc->link.dup_ppm = (uint32_t)rand_range(r, 0, 20000);
     fc->link.reorder_ppm = (uint32_t)rand_range(r, 0, 50000);
     fc->link.reorder_ns = rand_range(r, 0, 20 * CKT_SIM_MS);
@@ -821,6 +838,7 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
     return rv;
   }
   set_profile(&r);
+  ckt_sim_add_invariant(r.sim, no_more_than_sent, &r);
   ckt_sim_link_set_all(r.sim, &r.fc.link);
   r.span_ns = profile == P_NONE ? 0 : parse_seconds(o->span_s, 20 * CKT_SIM_S);
   r.spread_ns = parse_seconds(o->spread_s, profile == P_NONE ? 0 : r.span_ns);
@@ -863,8 +881,10 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
                  fault_cb, &r);
     }
     while (!r.failed && !r.finished) {
-      if (ckt_sim_run(r.sim, r.deadline_ns + CKT_SIM_S) == 0 && !r.finished &&
-          !r.failed) {
+      uint64_t ran = ckt_sim_run(r.sim, r.deadline_ns + CKT_SIM_S);
+      if (ckt_sim_failure(r.sim)) {
+        r.failed = 1; /* an invariant, or a check in a callback */
+      } else if (ran == 0 && !r.finished) {
         fail(&r, "nothing left to run but the work is not done");
       }
     }
@@ -874,7 +894,8 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
   res->trace = ckt_sim_trace(r.sim);
   res->delivered = r.delivered;
   res->sim_s = sim_seconds(&r);
-  snprintf(res->why, sizeof(res->why), "%s", r.why);
+  snprintf(res->why, sizeof(res->why), "%s",
+           r.failed ? ckt_sim_failure(r.sim) : "");
   if (o->verbose || (!o->quiet && !o->swarm)) {
     ckt_sim_stats st;
     ckt_sim_get_stats(r.sim, &st);

@@ -209,10 +209,29 @@ CKT_EXTERN uint64_t ckt_sim_run(ckt_sim *s, uint64_t until_ns);
 CKT_EXTERN int ckt_sim_step(ckt_sim *s);
 /* The time of the next event (CKT_TIME_NEVER-like UINT64_MAX: none). */
 CKT_EXTERN uint64_t ckt_sim_next_time(const ckt_sim *s);
-/* Makes the running ckt_sim_run() return after the current event (an
- * invariant failed, or the workload is done).  The next ckt_sim_run()
- * clears it. */
+/* Makes the running ckt_sim_run() return after the current event (the
+ * workload is done, say).  The next ckt_sim_run() clears it. */
 CKT_EXTERN void ckt_sim_halt(ckt_sim *s);
+
+/* ---- invariants and failures ----------------------------------------------
+ */
+
+/* An invariant of the scenario: NULL while it holds, else one sentence
+ * saying what broke (it may point into user's memory). */
+typedef const char *(*ckt_sim_invariant)(ckt_sim *s, void *user);
+/* Checks fn after every event from now on (keep it cheap: it runs
+ * millions of times); the first that fails fails the simulation as
+ * ckt_sim_fail("invariant: <why>").  CKT_OK, CKT_ERR_INVALID_ARGUMENT,
+ * CKT_ERR_NOMEM. */
+CKT_EXTERN int ckt_sim_add_invariant(ckt_sim *s, ckt_sim_invariant fn,
+                                     void *user);
+/* Fails the simulation (a check in a callback found something wrong):
+ * keeps the first reason and halts.  A failed simulation runs no more
+ * events: ckt_sim_run() and ckt_sim_step() return 0 at once. */
+CKT_EXTERN void ckt_sim_fail(ckt_sim *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The first failure's reason, or NULL while none. */
+CKT_EXTERN const char *ckt_sim_failure(const ckt_sim *s);
 
 /* The trace hash so far: every event run folded in order (time, host,
  * kind, length, and a datagram's bytes). */

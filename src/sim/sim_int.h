@@ -105,6 +105,12 @@ struct ckt_sim_host {
   sim_rand rng;
 };
 
+typedef struct sim_invariant {
+  struct sim_invariant *next;
+  ckt_sim_invariant fn;
+  void *user;
+} sim_invariant;
+
 struct ckt_sim {
   uint64_t seed;
   uint64_t now;
@@ -126,6 +132,9 @@ struct ckt_sim {
   void *observer_user;
   int halted;
   int running; /* inside ckt_sim_run/step: they do not nest */
+  sim_invariant *invariants;
+  char *failure; /* the first failure (ckt_sim_fail or an invariant) */
+  int failed;
 };
 
 /* ---- sim_world.c --------------------------------------------------------- */

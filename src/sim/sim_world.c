@@ -6,6 +6,7 @@
 #include "sim_int.h"
 
 #include <assert.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,12 @@ void ckt_sim_free(ckt_sim *s) {
     free(s->hosts[i]);
   }
   free(s->hosts);
+  while (s->invariants) {
+    sim_invariant *next = s->invariants->next;
+    free(s->invariants);
+    s->invariants = next;
+  }
+  free(s->failure);
   sim_pairs_free(&s->pairs);
   sim_queue_free(&s->queue);
   free(s);
@@ -619,11 +626,57 @@ int ckt_sim_at(ckt_sim *s, uint64_t at_ns, ckt_sim_fn fn, void *user) {
   return CKT_OK;
 }
 
+/* ---- invariants and failures ------------------------------------------- */
+
+int ckt_sim_add_invariant(ckt_sim *s, ckt_sim_invariant fn, void *user) {
+  sim_invariant *inv, **tail;
+  if (!s || !fn) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  if (!(inv = calloc(1, sizeof(*inv)))) {
+    return CKT_ERR_NOMEM;
+  }
+  inv->fn = fn;
+  inv->user = user;
+  for (tail = &s->invariants; *tail; tail = &(*tail)->next) {
+  }
+  *tail = inv; /* checked in the order they were added */
+  return CKT_OK;
+}
+
+void ckt_sim_fail(ckt_sim *s, const char *fmt, ...) {
+  char why[512];
+  va_list ap;
+  if (!s || s->failure) {
+    return; /* the first failure is the one that counts */
+  }
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof(why), fmt ? fmt : "failed", ap);
+  va_end(ap);
+  s->failure = strdup(why); /* NULL if out of memory: "failed" is said */
+  s->halted = 1;
+  s->failed = 1;
+}
+
+const char *ckt_sim_failure(const ckt_sim *s) {
+  return s && s->failed ? (s->failure ? s->failure : "failed") : NULL;
+}
+
+static void check_invariants(ckt_sim *s) {
+  sim_invariant *inv;
+  for (inv = s->invariants; inv && !s->failed; inv = inv->next) {
+    const char *why = inv->fn(s, inv->user);
+    if (why) {
+      ckt_sim_fail(s, "invariant: %s", why);
+    }
+  }
+}
+
 uint64_t ckt_sim_run(ckt_sim *s, uint64_t until_ns) {
   uint64_t before;
   sim_qnode *top;
-  if (!s || s->running) {
-    return 0; /* not from inside an event */
+  if (!s || s->running || s->failed) {
+    return 0; /* not from inside an event, nor after a failure */
   }
   s->running = 1;
   s->halted = 0;
@@ -631,6 +684,9 @@ uint64_t ckt_sim_run(ckt_sim *s, uint64_t until_ns) {
   while (!s->halted && (top = sim_queue_peek(&s->queue)) &&
          top->time <= until_ns) {
     dispatch(s, event_of(sim_queue_pop(&s->queue)));
+    if (s->invariants) {
+      check_invariants(s);
+    }
   }
   if (!s->halted && s->now < until_ns) {
     s->now = until_ns;
@@ -641,11 +697,14 @@ uint64_t ckt_sim_run(ckt_sim *s, uint64_t until_ns) {
 
 int ckt_sim_step(ckt_sim *s) {
   sim_qnode *top;
-  if (!s || s->running || !(top = sim_queue_pop(&s->queue))) {
+  if (!s || s->running || s->failed || !(top = sim_queue_pop(&s->queue))) {
     return 0;
   }
   s->running = 1;
   dispatch(s, event_of(top));
+  if (s->invariants) {
+    check_invariants(s);
+  }
   s->running = 0;
   return 1;
 }

@@ -705,7 +705,16 @@ static void up_at(ckt_sim *s, void *user) {
   ckt_sim_host_up(user);
 }
 
-Test(sim, a_host_that_is_down_drops_traffic_and_runs_nothing) {
+static int due_order[8], ndue_order;
+
+static void note_due(void *arg) {
+  if (ndue_order < 8) {
+    due_order[ndue_order++] = (int)(intptr_t)arg;
+  }
+  fired++;
+}
+
+Test(sim, a_host_that_is_down_drops_traffic_and_is_frozen) {
   ckt_sim *s = sim_with(1, NULL);
   peer a, b;
   ckt_sim_stats st;
@@ -713,7 +722,8 @@ Test(sim, a_host_that_is_down_drops_traffic_and_runs_nothing) {
   peer_new(&a, s, PORT);
   peer_new(&b, s, PORT);
   fired = 0;
-  t = b.rt->ops->timer_new(b.rt, count_fire, NULL);
+  ndue_order = 0;
+  t = b.rt->ops->timer_new(b.rt, note_due, (void *)(intptr_t)1);
   b.rt->ops->timer_arm(b.rt, t, 5 * MS);
   send_k(&a, &b, 1, 10); /* in flight when b goes down */
   cr_assert_eq(ckt_sim_at(s, 500 * US, down_at, b.h), CKT_OK);
@@ -722,25 +732,55 @@ Test(sim, a_host_that_is_down_drops_traffic_and_runs_nothing) {
   cr_assert_not(ckt_sim_host_is_up(b.h));
   send_k(&a, &b, 2, 10);
   send_k(&b, &a, 3, 10);
-  cr_assert_eq(b.rt->ops->post(b.rt, count_fire, NULL), CKT_OK);
+  cr_assert_eq(b.rt->ops->post(b.rt, note_due, (void *)(intptr_t)2), CKT_OK);
   ckt_sim_run(s, 6 * MS);
   cr_assert_eq(fired, 0, "a timer or post ran on a host that is down");
   ckt_sim_run(s, 20 * MS);
   cr_assert(ckt_sim_host_is_up(b.h));
-  /* The post waited for the host; the timer that came due stays off. */
-  cr_assert_eq(fired, 1);
+  /* Frozen, not wiped: the post (due at 2 ms) and the timer (due at
+   * 5 ms) waited, and ran once the host was up, in the order they came
+   * due. */
+  cr_assert_eq(fired, 2);
+  cr_assert_eq(due_order[0], 2);
+  cr_assert_eq(due_order[1], 1);
   cr_assert_eq(a.n + b.n, 0);
   ckt_sim_get_stats(s, &st);
   cr_assert_eq(st.dropped_down, 3);
-  cr_assert_eq(st.timers_fired, 0);
+  cr_assert_eq(st.timers_fired, 1);
   cr_assert_eq(st.posts_run, 1);
   send_k(&a, &b, 4, 10);
   b.rt->ops->timer_arm(b.rt, t, 25 * MS);
   ckt_sim_run(s, 30 * MS);
   cr_assert_eq(b.n, 1);
-  cr_assert_eq(fired, 2);
+  cr_assert_eq(fired, 3);
   b.rt->ops->timer_free(b.rt, t);
   peer_free(&a);
+  peer_free(&b);
+  ckt_sim_free(s);
+}
+
+Test(sim, a_timer_rearmed_or_freed_while_down_is_not_parked) {
+  ckt_sim *s = sim_with(2, NULL);
+  peer b;
+  ckt_timer *t1, *t2;
+  peer_new(&b, s, PORT);
+  fired = 0;
+  ndue_order = 0;
+  t1 = b.rt->ops->timer_new(b.rt, note_due, (void *)(intptr_t)1);
+  t2 = b.rt->ops->timer_new(b.rt, note_due, (void *)(intptr_t)2);
+  b.rt->ops->timer_arm(b.rt, t1, 1 * MS);
+  b.rt->ops->timer_arm(b.rt, t2, 2 * MS);
+  ckt_sim_host_down(b.h);
+  ckt_sim_run(s, 3 * MS);                  /* both came due: parked */
+  b.rt->ops->timer_arm(b.rt, t1, 10 * MS); /* re-armed: not parked now */
+  b.rt->ops->timer_free(b.rt, t2);         /* freed while parked */
+  ckt_sim_host_up(b.h);
+  ckt_sim_run(s, 5 * MS);
+  cr_assert_eq(fired, 0);
+  ckt_sim_run(s, 11 * MS);
+  cr_assert_eq(fired, 1);
+  cr_assert_eq(due_order[0], 1);
+  b.rt->ops->timer_free(b.rt, t1);
   peer_free(&b);
   ckt_sim_free(s);
 }

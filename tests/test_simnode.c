@@ -358,6 +358,11 @@ Test(simnode, simulated_nodes_have_no_threads) {
   world_init(&w, 12, 2, NULL, 5000);
   cr_assert_eq(ckt_node_start(w.node[0]), CKT_ERR_INVALID_ARGUMENT);
   cr_assert_eq(ckt_tpeer_start(w.node[0], "x", &tp), CKT_ERR_INVALID_ARGUMENT);
+  /* Names would go to the resolver, out of the simulation. */
+  cr_assert_eq(ckt_peer_open_circuit_extant(w.peer[0], "localhost:7100", "t",
+                                            "c", NULL, NULL,
+                                            &(ckt_circuit *){0}),
+               CKT_ERR_INVALID_ARGUMENT);
   cr_assert_eq(
       ckt_sim_node_new(w.h[0], PORT, &(ckt_node_config){0}, &w.node[2]),
       CKT_ERR_INVALID_ARGUMENT, "one node per host");

@@ -1,5 +1,6 @@
 /* test_tls.c — tls: PEM, Ed25519 key files, certificates, identities. */
 #include <criterion/criterion.h>
+#include <sodium.h>
 #include <criterion/hooks.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -574,4 +575,38 @@ Test(tls, psk_file_is_32_random_bytes_and_not_overwritten, .init = setup_tmp,
   cr_assert_eq(st.st_mode & 0777, 0600);
   cr_assert_eq(mode_of("deep/dir"), 0700);
   cr_assert_eq(ckt_psk_create(p), CKT_ERR_EXISTS);
+}
+
+Test(tls, fixed_serial_and_validity_make_the_same_certificate) {
+  static const uint8_t serial[] = {0x12, 0x34};
+  ckt_ed25519_key k;
+  ckt_cert_options o;
+  ckt_cert_info info;
+  char *a = NULL, *b = NULL;
+  size_t alen, blen;
+  uint8_t sk[crypto_sign_SECRETKEYBYTES];
+  memset(k.seed, 7, sizeof(k.seed));
+  crypto_sign_seed_keypair(k.pub, sk, k.seed);
+  memset(&o, 0, sizeof(o));
+  o.not_before = 946684800; /* 2000-01-01 */
+  o.valid_days = 36500;
+  o.serial = serial;
+  o.serial_len = sizeof(serial);
+  cr_assert_eq(ckt_cert_make_ca(&k, &o, &a, &alen), CKT_OK);
+  cr_assert_eq(ckt_cert_make_ca(&k, &o, &b, &blen), CKT_OK);
+  cr_assert_eq(alen, blen);
+  cr_assert(memcmp(a, b, alen) == 0, "the same inputs, the same bytes");
+  cr_assert_eq(ckt_cert_describe(a, alen, &info), CKT_OK);
+  cr_assert_str_eq(info.serial, "12:34");
+  cr_assert_eq(info.not_before, 946684800);
+  cr_assert_eq(info.not_after, 946684800 + 36500ll * 86400);
+  ckt_free(a);
+  ckt_free(b);
+  /* Zero, negative and padded serials are refused. */
+  o.serial = (const uint8_t[]){0x00, 0x01};
+  cr_assert_eq(ckt_cert_make_ca(&k, &o, &a, &alen), CKT_ERR_INVALID_ARGUMENT);
+  o.serial = (const uint8_t[]){0x80, 0x01};
+  cr_assert_eq(ckt_cert_make_ca(&k, &o, &a, &alen), CKT_ERR_INVALID_ARGUMENT);
+  o.serial_len = 21;
+  cr_assert_eq(ckt_cert_make_ca(&k, &o, &a, &alen), CKT_ERR_INVALID_ARGUMENT);
 }

@@ -91,6 +91,8 @@ typedef struct faultcfg {
   uint64_t max_cut_ns;             /* longest cut / isolation / downtime */
 } faultcfg;
 
+struct call_ctx;
+
 typedef struct run {
   const opts *o;
   uint64_t seed;
@@ -103,6 +105,10 @@ typedef struct run {
   faultcfg fc;
   uint64_t span_ns, spread_ns, deadline_ns;
   uint64_t sent, delivered, closes, faults_injected, restarts_done, seen;
+  uint64_t calls, calls_done, calls_ok;
+  uint64_t calls_until_ns;
+  struct call_ctx **calls_ctx;
+  size_t ncalls_ctx, cap_calls_ctx;
   int failed, finished, tearing_down;
 } run;
 
@@ -148,8 +154,7 @@ static void vlog(run *r, const char *fmt, ...) {
   putchar('\n');
 }
 
-/* ---- fragments ------------------------------------------------------------
- */
+/* ---- fragments ----------------------------------------------------------- */
 
 static void put32(uint8_t *p, uint32_t v) {
   for (int i = 0; i < 4; i++) {
@@ -207,8 +212,7 @@ static ckt_fragment *make_fragment(run *r, uint32_t fi, uint32_t gen,
   return f;
 }
 
-/* ---- senders
- * ----------------------------------------------------------------- */
+/* ---- senders ------------------------------------------------------------- */
 
 static void schedule_reopen(run *r, flow *f);
 
@@ -310,12 +314,26 @@ static flow *sender_flow(run *r, ckt_circuit *c) {
   return &r->flows[v - 1];
 }
 
+/* An accepted circuit remembers the flow and generation its name gives,
+ * so that every fragment can be checked against the circuit it came on.
+ * (Its user value has bit 62 set: never a sender's flow index.) */
+#define ACCEPTED (1ull << 62)
+
 static int on_circuit_new(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
                           void *user) {
+  simnode *sn = user;
+  unsigned fi, gen;
+  char end;
   (void)p;
-  (void)c;
-  (void)open;
-  (void)user;
+  if (!open->subject ||
+      sscanf(open->subject, "f%u.g%u%c", &fi, &gen, &end) != 2 ||
+      fi >= (unsigned)sn->r->nflows) {
+    fail(sn->r, "node %d: a circuit named '%s'", sn->idx,
+         open->subject ? open->subject : "");
+    return -1;
+  }
+  ckt_circuit_set_user(
+      c, (void *)(uintptr_t)(ACCEPTED | ((uint64_t)fi << 32) | gen));
   return 0;
 }
 
@@ -327,7 +345,6 @@ static void on_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *frag,
   uint64_t seq, want;
   gen_rec *g;
   (void)p;
-  (void)c;
 
   if (frag->payload_len != r->o->payload || frag->payload_len < HDR_LEN) {
     fail(r, "node %d: a fragment of %zu bytes (sent %lu)", sn->idx,
@@ -344,6 +361,12 @@ static void on_fragment(ckt_peer *p, ckt_circuit *c, const ckt_fragment *frag,
       gen >= r->flows[fi].ngens) {
     fail(r, "node %d: a fragment of flow %u generation %u it should not get",
          sn->idx, fi, gen);
+    return;
+  }
+  if ((uint64_t)(uintptr_t)ckt_circuit_user(c) !=
+      (ACCEPTED | ((uint64_t)fi << 32) | gen)) {
+    fail(r, "node %d: flow %u generation %u's fragment came on circuit %s",
+         sn->idx, fi, gen, ckt_circuit_name(c));
     return;
   }
   g = &r->flows[fi].gens[gen];
@@ -381,12 +404,16 @@ static void on_closed(ckt_peer *p, ckt_circuit *c, const char *reason,
   }
   f->gens[f->ngens - 1].closed = 1;
   f->c = NULL;
+  if (r->tearing_down) {
+    return;
+  }
   r->closes++;
   vlog(r, "flow %u (node %d -> %d) circuit %u closed%s: %s", flow_index(r, f),
        f->from, f->to, f->ngens - 1, remote ? " by the remote" : "",
        reason ? reason : "");
-  if (r->profile == P_NONE && !r->tearing_down) {
-    fail(r, "flow %u: a circuit closed with no fault injected: %s",
+  if ((r->profile == P_NONE || r->profile == P_FLAKY) && !r->tearing_down) {
+    /* Loss, duplication and reordering must never break a connection. */
+    fail(r, "flow %u: a circuit closed with no fault that could close it: %s",
          flow_index(r, f), reason ? reason : "");
     return;
   }
@@ -405,6 +432,92 @@ static void on_writable(ckt_peer *p, ckt_circuit *c, void *user) {
 static void node_log(void *user, const char *line) {
   simnode *sn = user;
   vlog(sn->r, "node %d: %s", sn->idx, line);
+}
+
+/* ---- calls --------------------------------------------------------------- */
+
+/* Next to the circuits, nodes call each other's "echo" with the Message
+ * API: each call must complete exactly once, with its own payload back
+ * or an error (under no faults, never an error).  Calls carry the
+ * caller's wall clock, so skewed clocks (chaos) show here: a server far
+ * enough ahead sees a deadline that passed. */
+#define CALL_EVERY_NS (250 * CKT_SIM_MS)
+#define CALL_TIMEOUT_MS 2000
+
+typedef struct call_ctx {
+  run *r;
+  uint64_t id;
+  int done;
+} call_ctx;
+
+static int echo(ckt_node *n, const ckt_message *req, ckt_message *reply,
+                void *user) {
+  (void)n;
+  (void)user;
+  return ckt_message_set_payload(reply, req->payload, req->payload_len);
+}
+
+static void call_done(ckt_node *n, int err, const ckt_message *reply,
+                      void *user) {
+  call_ctx *cc = user;
+  run *r = cc->r;
+  uint8_t want[8];
+  (void)n;
+  if (cc->done++) {
+    fail(r, "call %" PRIu64 " completed twice", cc->id);
+    return;
+  }
+  r->calls_done++;
+  put64(want, cc->id);
+  if (err == CKT_OK) {
+    if (reply->payload_len != 8 || memcmp(reply->payload, want, 8) != 0) {
+      fail(r, "call %" PRIu64 " got another call's reply", cc->id);
+      return;
+    }
+    r->calls_ok++;
+  } else if (r->profile == P_NONE && !r->tearing_down) {
+    fail(r, "call %" PRIu64 " failed with no fault injected: %s", cc->id,
+         reply->err ? reply->err : ckt_strerror(err));
+  }
+  /* Freed by the run: a late duplicate completion must still be seen. */
+}
+
+static void call_cb(ckt_sim *s, void *user) {
+  run *r = user;
+  for (int i = 0; i < r->nnodes && !r->failed; i++) {
+    simnode *from = &r->nodes[i];
+    int to = (int)((i + 1 + ckt_sim_rand_below(s, (uint64_t)r->nnodes - 1)) %
+                   (uint64_t)r->nnodes);
+    ckt_message *m;
+    call_ctx *cc;
+    uint8_t id[8];
+    if (!from->n) {
+      continue; /* down */
+    }
+    cc = calloc(1, sizeof(*cc));
+    m = ckt_message_new();
+    if (!cc || !m || r->ncalls_ctx == r->cap_calls_ctx) {
+      free(cc);
+      ckt_message_free(m);
+      fail(r, "out of memory for a call");
+      return;
+    }
+    cc->r = r;
+    cc->id = r->calls;
+    put64(id, cc->id);
+    ckt_message_set_service(m, "echo");
+    ckt_message_set_payload(m, id, sizeof(id));
+    r->calls_ctx[r->ncalls_ctx++] = cc;
+    if (ckt_node_call_async(from->n, r->nodes[to].addr, m, CALL_TIMEOUT_MS,
+                            call_done, cc) != CKT_OK) {
+      cc->done = 1; /* refused at once: done never runs */
+      r->calls_done++;
+    }
+    r->calls++;
+  }
+  if (ckt_sim_now(s) + CALL_EVERY_NS <= r->calls_until_ns) {
+    ckt_sim_at(s, ckt_sim_now(s) + CALL_EVERY_NS, call_cb, r);
+  }
 }
 
 static int node_up(run *r, simnode *sn) {
@@ -428,6 +541,9 @@ static int node_up(run *r, simnode *sn) {
     rv = ckt_node_register_peer_service(sn->n, SERVICE, &svc, sn);
   }
   if (rv == CKT_OK) {
+    rv = ckt_node_register_call(sn->n, "echo", echo, sn);
+  }
+  if (rv == CKT_OK) {
     rv = ckt_node_start_peer(sn->n, SERVICE, &sn->peer);
   }
   if (rv != CKT_OK) {
@@ -437,8 +553,7 @@ static int node_up(run *r, simnode *sn) {
   return CKT_OK;
 }
 
-/* ---- faults ----------------------------------------------------------------
- */
+/* ---- faults -------------------------------------------------------------- */
 
 static uint64_t rand_range(run *r, uint64_t lo, uint64_t hi) {
   return hi > lo ? lo + ckt_sim_rand_below(r->sim, hi - lo) : lo;
@@ -634,8 +749,7 @@ static void fault_cb(ckt_sim *s, void *user) {
              fault_cb, r);
 }
 
-/* ---- pacing and the end -----------------------------------------------------
- */
+/* ---- pacing and the end -------------------------------------------------- */
 
 static int flow_done(const flow *f) {
   const gen_rec *g;
@@ -687,7 +801,8 @@ static void check_cb(ckt_sim *s, void *user) {
   for (int i = 0; i < r->nflows && done; i++) {
     done = flow_done(&r->flows[i]);
   }
-  if (done && ckt_sim_now(s) >= r->span_ns) {
+  if (done && ckt_sim_now(s) >= r->span_ns &&
+      ckt_sim_now(s) >= r->calls_until_ns && r->calls_done == r->calls) {
     r->finished = 1;
     ckt_sim_halt(s);
     return;
@@ -741,8 +856,7 @@ static uint64_t account(run *r) {
   return lost;
 }
 
-/* ---- one run ----------------------------------------------------------------
- */
+/* ---- one run ------------------------------------------------------------- */
 
 static void observe(void *user, const ckt_sim_event *ev) {
   static const char *const kinds[] = {"?", "datagram", "timer", "post", "call"};
@@ -794,15 +908,19 @@ static void setup_flows(run *r) {
 
 static void teardown(run *r) {
   r->tearing_down = 1;
-  for (int i = 0; i < r->nnodes; i++) {
+  for (int i = 0; r->nodes && i < r->nnodes; i++) {
     if (r->nodes[i].n) {
       ckt_node_free(r->nodes[i].n);
       r->nodes[i].n = NULL;
     }
   }
-  for (int i = 0; i < r->nflows; i++) {
+  for (int i = 0; r->flows && i < r->nflows; i++) {
     free(r->flows[i].gens);
   }
+  for (size_t i = 0; i < r->ncalls_ctx; i++) {
+    free(r->calls_ctx[i]);
+  }
+  free(r->calls_ctx);
   free(r->flows);
   free(r->nodes);
   ckt_sim_free(r->sim);
@@ -844,6 +962,17 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
   r.spread_ns = parse_seconds(o->spread_s, profile == P_NONE ? 0 : r.span_ns);
   r.deadline_ns =
       (r.span_ns > r.spread_ns ? r.span_ns : r.spread_ns) + SETTLE_NS;
+  /* Calls while the fragments go and faults happen (at least 1 s). */
+  r.calls_until_ns = r.span_ns > r.spread_ns ? r.span_ns : r.spread_ns;
+  if (r.calls_until_ns < CKT_SIM_S) {
+    r.calls_until_ns = CKT_SIM_S;
+  }
+  r.cap_calls_ctx =
+      (size_t)(r.calls_until_ns / CALL_EVERY_NS + 1) * (size_t)r.nnodes;
+  r.calls_ctx = calloc(r.cap_calls_ctx, sizeof(*r.calls_ctx));
+  if (!r.calls_ctx) {
+    fail(&r, "out of memory");
+  }
   if (o->events) {
     ckt_sim_set_observer(r.sim, observe, NULL);
   }
@@ -875,6 +1004,7 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
   if (!r.failed) {
     tick_cb(r.sim, &r);
     ckt_sim_at(r.sim, CHECK_NS, check_cb, &r);
+    ckt_sim_at(r.sim, 0, call_cb, &r);
     if (r.fc.partitions || r.fc.isolations || r.fc.restarts ||
         r.fc.flaky_hosts) {
       ckt_sim_at(r.sim, rand_range(&r, r.fc.min_gap_ns, r.fc.max_gap_ns),
@@ -903,11 +1033,13 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
            " dropped(loss=%" PRIu64 " cut=%" PRIu64 " fault=%" PRIu64
            " down=%" PRIu64 " queue=%" PRIu64 ") dup=%" PRIu64
            " reordered=%" PRIu64 " circuits_closed=%" PRIu64 " faults=%" PRIu64
-           " restarts=%" PRIu64 " lost=%" PRIu64 "\n",
+           " restarts=%" PRIu64 " lost=%" PRIu64 " calls=%" PRIu64
+           " calls_ok=%" PRIu64 "\n",
            st.events, st.datagrams_sent, st.datagrams_delivered,
            st.dropped_loss, st.dropped_partition, st.dropped_fault,
            st.dropped_down, st.dropped_queue, st.duplicated, st.reordered,
-           r.closes, r.faults_injected, r.restarts_done, res->lost);
+           r.closes, r.faults_injected, r.restarts_done, res->lost, r.calls,
+           r.calls_ok);
   }
   teardown(&r);
   res->wall_s = now_s(CLOCK_MONOTONIC) - w0;
@@ -926,6 +1058,9 @@ static void print_replay(const opts *o, uint64_t seed, int profile) {
   }
   if (o->sabotage) {
     printf(" --sabotage %lu", o->sabotage);
+  }
+  if (o->twice) {
+    printf(" --twice");
   }
   printf("\n");
 }

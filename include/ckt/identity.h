@@ -92,8 +92,8 @@ typedef struct ckt_cert_options {
    * serial, and the same keys, the certificate is the same bytes every
    * time (the simulator's built-in identities rely on it). */
   int64_t not_before;
-  /* Serial number, big-endian, 1..20 bytes, first byte below 0x80
-   * (NULL: a random 128-bit serial). */
+  /* Serial number, big-endian, 1..20 bytes, the first in 0x01..0x7f
+   * (positive, shortest form); NULL: a random 128-bit serial. */
   const uint8_t *serial;
   size_t serial_len;
 } ckt_cert_options;

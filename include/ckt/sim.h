@@ -109,7 +109,8 @@ typedef struct ckt_sim_event {
 
 /* A new simulation at virtual time 0 with every link as `def` (NULL: 1 ms
  * latency, nothing else).  CKT_OK, CKT_ERR_INVALID_ARGUMENT (another
- * simulation exists on this thread), CKT_ERR_NOMEM. */
+ * simulation exists on this thread, or out is NULL), CKT_ERR_NOMEM,
+ * CKT_ERR_CRYPTO (wolfSSL refused the random hook). */
 CKT_EXTERN int ckt_sim_new(uint64_t seed, const ckt_sim_link *def,
                            ckt_sim **out);
 /* Frees the simulation and its hosts; events still queued are dropped.
@@ -125,12 +126,11 @@ CKT_EXTERN uint64_t ckt_sim_rand(ckt_sim *s);
 /* Uniform in [0, n) (n > 0). */
 CKT_EXTERN uint64_t ckt_sim_rand_below(ckt_sim *s, uint64_t n);
 
-/* ---- hosts ----------------------------------------------------------------
- */
+/* ---- hosts --------------------------------------------------------------- */
 
 /* Adds a host; its address is 127.77.<i / 250>.<i % 250 + 1> for the i-th
- * host (i from 0).  CKT_OK, CKT_ERR_LIMIT (CKT_SIM_MAX_HOSTS), CKT_ERR_NOMEM.
- */
+ * host (i from 0).  CKT_OK, CKT_ERR_INVALID_ARGUMENT (s or out is NULL),
+ * CKT_ERR_LIMIT (CKT_SIM_MAX_HOSTS), CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_sim_host_new(ckt_sim *s, ckt_sim_host **out);
 CKT_EXTERN int ckt_sim_host_index(const ckt_sim_host *h);
 CKT_EXTERN ckt_sim_host *ckt_sim_host_at(ckt_sim *s, int index);
@@ -143,6 +143,8 @@ CKT_EXTERN const char *ckt_sim_host_ip(const ckt_sim_host *h);
  * node uses the simulation's built-in identity for this host: an Ed25519
  * key and certificate derived from the host's index, signed by a built-in
  * CA (the same in every simulation, so traces depend on the seed alone).
+ * Peers are named by numeric address only ("127.77.0.2:7100"): a host
+ * name would go to the resolver, out of the simulation.
  * The node runs only as the simulation runs: ckt_node_start() and
  * ckt_node_run() fail or return at once, and the thread-driven peer API
  * (ckt_tpeer_*) cannot be used.  One node per host at a time.
@@ -151,8 +153,7 @@ CKT_EXTERN const char *ckt_sim_host_ip(const ckt_sim_host *h);
 CKT_EXTERN int ckt_sim_node_new(ckt_sim_host *h, uint16_t port,
                                 const ckt_node_config *cfg, ckt_node **out);
 
-/* ---- faults -----------------------------------------------------------------
- */
+/* ---- faults -------------------------------------------------------------- */
 
 /* Sets the link from -> to (one direction).  Datagrams already in flight
  * keep the delays they were given. */
@@ -178,9 +179,11 @@ CKT_EXTERN void ckt_sim_isolate(ckt_sim_host *h, int on);
  * probability send_ppm, each it would receive with recv_ppm. */
 CKT_EXTERN void ckt_sim_host_flaky(ckt_sim_host *h, uint32_t send_ppm,
                                    uint32_t recv_ppm);
-/* Takes h down (a crash: everything it sends or is sent is dropped, its
- * timers and posted work do not run) or brings it back up.  To model a
- * crash and restart: ckt_sim_host_down(), ckt_node_free() (nothing it
+/* Takes h down or brings it back up.  While down, everything it sends or
+ * is sent is dropped and its node is frozen: its timers and posted work
+ * wait, and run once it is up again, in the order they came due (a node
+ * paused, say by a long GC or SIGSTOP, then resumed).  To model a crash
+ * and restart instead: ckt_sim_host_down(), ckt_node_free() (nothing it
  * says on the way out gets through), later ckt_sim_host_up() and
  * ckt_sim_node_new() on the same host. */
 CKT_EXTERN void ckt_sim_host_down(ckt_sim_host *h);
@@ -190,22 +193,24 @@ CKT_EXTERN int ckt_sim_host_is_up(const ckt_sim_host *h);
  * the monotonic clock is never skewed. */
 CKT_EXTERN void ckt_sim_host_set_skew(ckt_sim_host *h, int64_t skew_ns);
 
-/* ---- running ----------------------------------------------------------------
- */
+/* ---- running ------------------------------------------------------------- */
 
 typedef void (*ckt_sim_fn)(ckt_sim *s, void *user);
 
 /* Calls fn(s, user) at virtual time at_ns (now if in the past): fault
- * schedules and workload steps.  CKT_OK, CKT_ERR_NOMEM. */
+ * schedules and workload steps.  CKT_OK, CKT_ERR_INVALID_ARGUMENT (s or fn
+ * is NULL), CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_sim_at(ckt_sim *s, uint64_t at_ns, ckt_sim_fn fn,
                           void *user);
 /* Runs events in (time, sequence) order until none is due at or before
  * until_ns (the clock then reads until_ns, or stays where it is when it
  * already reads more), or ckt_sim_halt().  Returns the number of events
- * run. */
+ * run (what the trace folds: a datagram dropped on arrival, or a frozen
+ * host's timer, is not one).  Datagrams due at one host at the same
+ * instant are handed over as one batch: one step, one invariant check. */
 CKT_EXTERN uint64_t ckt_sim_run(ckt_sim *s, uint64_t until_ns);
-/* Runs the next event, advancing the clock to it.  1 if one ran, 0 if the
- * queue is empty. */
+/* Runs the next event (or batch of datagrams), advancing the clock to
+ * it.  1 if one ran, 0 if the queue is empty or the simulation failed. */
 CKT_EXTERN int ckt_sim_step(ckt_sim *s);
 /* The time of the next event (CKT_TIME_NEVER-like UINT64_MAX: none). */
 CKT_EXTERN uint64_t ckt_sim_next_time(const ckt_sim *s);
@@ -213,16 +218,15 @@ CKT_EXTERN uint64_t ckt_sim_next_time(const ckt_sim *s);
  * workload is done, say).  The next ckt_sim_run() clears it. */
 CKT_EXTERN void ckt_sim_halt(ckt_sim *s);
 
-/* ---- invariants and failures ----------------------------------------------
- */
+/* ---- invariants and failures --------------------------------------------- */
 
 /* An invariant of the scenario: NULL while it holds, else one sentence
  * saying what broke (it may point into user's memory). */
 typedef const char *(*ckt_sim_invariant)(ckt_sim *s, void *user);
-/* Checks fn after every event from now on (keep it cheap: it runs
- * millions of times); the first that fails fails the simulation as
- * ckt_sim_fail("invariant: <why>").  CKT_OK, CKT_ERR_INVALID_ARGUMENT,
- * CKT_ERR_NOMEM. */
+/* Checks fn after every event (or batch of datagrams) from now on (keep
+ * it cheap: it runs millions of times); the first that fails fails the
+ * simulation as ckt_sim_fail("invariant: <why>").  CKT_OK,
+ * CKT_ERR_INVALID_ARGUMENT, CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_sim_add_invariant(ckt_sim *s, ckt_sim_invariant fn,
                                      void *user);
 /* Fails the simulation (a check in a callback found something wrong):

@@ -417,7 +417,7 @@ static int open_to(ckt_peer *p, const ckt_url *u, const char *name,
   pconn *pc;
   int rv;
 
-  if (ckt_addr_parse(u->host_port, NULL, &addr) != CKT_OK) {
+  if (node_parse_addr(n, u->host_port, &addr) != CKT_OK) {
     rv = CKT_ERR_INVALID_ARGUMENT;
     goto done;
   }

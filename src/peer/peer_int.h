@@ -109,6 +109,8 @@ int peer_sim_identity(int index, const char **cert, size_t *cert_len,
 void node_log(ckt_node *n, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int node_stopping(ckt_node *n);
+/* ckt_addr_parse() of "host:port", numeric only on a simulated node. */
+int node_parse_addr(ckt_node *n, const char *host_port, ckt_addr *out);
 int node_on_loop(ckt_node *n);
 /* A connection to addr for sending (a ready one of either role first, else
  * one being dialed); dials when there is none.  CKT_OK, CKT_ERR_CLOSED,

@@ -8,6 +8,7 @@
  */
 #include "ckt/node.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -66,6 +67,16 @@ int node_stopping(ckt_node *n) {
 
 static void set_stopping(ckt_node *n) {
   __atomic_store_n(&n->stopping, 1, __ATOMIC_RELEASE);
+}
+
+int node_parse_addr(ckt_node *n, const char *host_port, ckt_addr *out) {
+  /* A simulated node takes numeric addresses only: a name would go to
+   * the resolver, and out of the simulation. */
+  if (n->sim_host && host_port &&
+      !(isdigit((unsigned char)host_port[0]) || host_port[0] == '[')) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  return ckt_addr_parse(host_port, NULL, out);
 }
 
 int node_on_loop(ckt_node *n) {
@@ -464,7 +475,7 @@ int ckt_node_call_async(ckt_node *n, const char *peer, ckt_message *req,
     ckt_message_free(req);
     return CKT_ERR_NOMEM;
   }
-  if (ckt_addr_parse(peer, NULL, &job->addr) != CKT_OK) {
+  if (node_parse_addr(n, peer, &job->addr) != CKT_OK) {
     free(c);
     free(job);
     ckt_message_free(req);
@@ -716,7 +727,7 @@ static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
     ckt_message_free(msg);
     return CKT_ERR_NOMEM;
   }
-  if (ckt_addr_parse(peer, NULL, &job->addr) != CKT_OK) {
+  if (node_parse_addr(n, peer, &job->addr) != CKT_OK) {
     free(job);
     ckt_message_free(msg);
     return CKT_ERR_INVALID_ARGUMENT;
@@ -759,7 +770,7 @@ int ckt_node_peer_info(ckt_node *n, const char *peer, char *suite,
                        size_t suite_sz, char *peer_key, size_t key_sz) {
   ckt_addr addr;
   conn_facts f;
-  if (!n || !peer || ckt_addr_parse(peer, NULL, &addr) != CKT_OK) {
+  if (!n || !peer || node_parse_addr(n, peer, &addr) != CKT_OK) {
     return CKT_ERR_INVALID_ARGUMENT;
   }
   if (lookup_conn(n, &addr, &f) != CKT_OK) {
@@ -1457,6 +1468,7 @@ static int node_alloc(const ckt_node_config *cfg, int default_certs,
   n->cfg.listen = n->cfg.cert_dir = n->cfg.server_name = NULL;
   n->cfg.client_name = n->cfg.ca_file = NULL;
   if (!n->listen || (default_certs && (!n->cert_dir || !n->ca_file)) ||
+      (cfg->cert_dir && !n->cert_dir) || (cfg->ca_file && !n->ca_file) ||
       !n->server_name || !n->client_name) {
     return CKT_ERR_NOMEM;
   }

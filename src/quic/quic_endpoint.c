@@ -27,6 +27,9 @@
 #define MAX_VECS 16
 /* Stateless resets: at most this many per second (token bucket). */
 #define RESET_RATE 100.0
+/* Datagrams for no connection checked a second for being a peer's
+ * stateless reset (each check scans the connections). */
+#define RESET_SCAN_RATE 1000.0
 #define RETRY_TOKEN_TIMEOUT (10ull * NGTCP2_SECONDS)
 
 typedef struct chunk {
@@ -90,6 +93,8 @@ struct ckt_endpoint {
   ckt_endpoint_stats stats;
   double reset_tokens;
   uint64_t reset_ts;
+  double scan_tokens;
+  uint64_t scan_ts;
   uint8_t tx[TX_BUF];
 };
 
@@ -1202,14 +1207,28 @@ static void send_version_negotiation(ckt_endpoint *ep, const ckt_addr *from,
  * datagram was one. */
 static int stateless_reset_received(ckt_endpoint *ep, const ckt_addr *from,
                                     const uint8_t *data, size_t len) {
-  const uint8_t *tok = data + len - NGTCP2_STATELESS_RESET_TOKENLEN;
+  const uint8_t *tok;
   ngtcp2_cid_token ids[8];
   ckt_conn *c;
+  uint64_t t = now(ep);
 
   if (len < 1 + NGTCP2_MIN_STATELESS_RESET_RANDLEN +
                 NGTCP2_STATELESS_RESET_TOKENLEN) {
     return 0;
   }
+  /* The scan visits every connection: a flood of junk gets at most
+   * RESET_SCAN_RATE of them a second (a real reset missed then is found
+   * out by the idle timeout, as before). */
+  ep->scan_tokens += (double)(t - ep->scan_ts) / 1e9 * RESET_SCAN_RATE;
+  if (ep->scan_tokens > RESET_SCAN_RATE) {
+    ep->scan_tokens = RESET_SCAN_RATE;
+  }
+  ep->scan_ts = t;
+  if (ep->scan_tokens < 1.0) {
+    return 0;
+  }
+  ep->scan_tokens -= 1.0;
+  tok = data + len - NGTCP2_STATELESS_RESET_TOKENLEN;
   for (c = ep->conns; c; c = c->next) {
     size_t n;
     if (c->dead || !ckt_addr_equal(&c->peer, from) ||

@@ -39,6 +39,7 @@ struct sim_event {
       ckt_timer_fn fn;
       void *arg;
       sim_event *prev, *next; /* the binding's timers */
+      uint8_t parked;         /* came due while its host was down */
     } timer;
     struct {
       ckt_post_fn fn;

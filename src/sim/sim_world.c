@@ -270,6 +270,7 @@ static ckt_timer *rt_timer_new(ckt_runtime *rt, ckt_timer_fn fn, void *arg) {
   e->u.timer.fn = fn;
   e->u.timer.arg = arg;
   e->u.timer.prev = NULL;
+  e->u.timer.parked = 0;
   e->u.timer.next = h->timers;
   if (h->timers) {
     h->timers->u.timer.prev = e;
@@ -283,6 +284,7 @@ static ckt_timer *rt_timer_new(ckt_runtime *rt, ckt_timer_fn fn, void *arg) {
 static void rt_timer_arm(ckt_runtime *rt, ckt_timer *t, uint64_t deadline) {
   ckt_sim *s = ((ckt_sim_host *)rt->impl)->sim;
   sim_event *e = timer_event(t);
+  e->u.timer.parked = 0;
   if (deadline == CKT_TIME_NEVER) {
     sim_queue_remove(&s->queue, &e->q);
     return;
@@ -425,18 +427,66 @@ const char *ckt_sim_host_ip(const ckt_sim_host *h) {
   return h->ip_str;
 }
 
-/* Posts that came due while the host was down wait, first in its list
- * (see run_post_event); once it is up they go back into the queue at
- * now, with everything behind them, so the order is kept. */
+static int is_in(sim_event *const *v, size_t n, const sim_event *e) {
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] == e) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int by_due(const void *a, const void *b) {
+  const sim_event *x = *(sim_event *const *)a, *y = *(sim_event *const *)b;
+  if (x->q.time != y->q.time) {
+    return x->q.time < y->q.time ? -1 : 1;
+  }
+  return x->q.seq < y->q.seq ? -1 : x->q.seq > y->q.seq;
+}
+
+/* A host that was down is frozen, not wiped: the posts and timers that
+ * came due meanwhile waited (posts first in its list, see
+ * run_post_event; timers marked parked, see fire_timer).  Once it is up
+ * they run at now, in the order they came due, before what its posts
+ * queued behind them. */
 static void requeue_parked(ckt_sim *s, ckt_sim_host *h) {
-  sim_event *e = h->posts_head;
-  if (!e || sim_qnode_queued(&e->q)) {
-    return; /* nothing parked */
+  sim_event **due = NULL, *e;
+  size_t n = 0, cap = 0, i;
+  for (e = h->posts_head; e && !sim_qnode_queued(&e->q); e = e->u.post.next) {
+    n++;
   }
-  for (; e; e = e->u.post.next) {
-    sim_queue_remove(&s->queue, &e->q);
-    sim_event_schedule(s, e, s->now);
+  for (e = h->timers; e; e = e->u.timer.next) {
+    n += e->u.timer.parked;
   }
+  if (n == 0) {
+    return;
+  }
+  cap = n;
+  if (!(due = malloc(cap * sizeof(*due)))) {
+    abort(); /* out of memory: the run cannot go on as its seed says */
+  }
+  n = 0;
+  for (e = h->posts_head; e && !sim_qnode_queued(&e->q); e = e->u.post.next) {
+    due[n++] = e;
+  }
+  for (e = h->timers; e; e = e->u.timer.next) {
+    if (e->u.timer.parked) {
+      e->u.timer.parked = 0;
+      due[n++] = e;
+    }
+  }
+  qsort(due, n, sizeof(*due), by_due);
+  for (i = 0; i < n; i++) {
+    sim_event_schedule(s, due[i], s->now);
+  }
+  /* Posts queued behind the parked ones go after them again. */
+  for (e = h->posts_head; e; e = e->u.post.next) {
+    if (sim_qnode_queued(&e->q) && !is_in(due, n, e)) {
+      sim_queue_remove(&s->queue, &e->q);
+      sim_event_schedule(s, e, s->now);
+    }
+  }
+  free(due);
 }
 
 void ckt_sim_host_down(ckt_sim_host *h) {
@@ -556,7 +606,8 @@ static void fire_timer(ckt_sim *s, sim_event *e) {
   ckt_sim_host *h = e->host;
   ckt_sim_host *prev;
   if (!h->up) {
-    return; /* a crashed host's timer: stays disarmed */
+    e->u.timer.parked = 1; /* fires when the host is up again */
+    return;
   }
   prev = sim_set_current(s, h);
   /* fn may re-arm or free e: e is not touched after it. */

@@ -407,7 +407,9 @@ static int fixed_validity(Cert *cert, int64_t not_before, uint32_t days) {
 static int set_serial(Cert *cert, const ckt_cert_options *opt) {
   int rv;
   if (opt && opt->serial) {
-    if (opt->serial_len < 1 || opt->serial_len > 20 || opt->serial[0] >= 0x80) {
+    /* A positive INTEGER in its shortest form (RFC 5280: not zero). */
+    if (opt->serial_len < 1 || opt->serial_len > 20 || opt->serial[0] >= 0x80 ||
+        opt->serial[0] == 0) {
       return CKT_ERR_INVALID_ARGUMENT;
     }
     memcpy(cert->serial, opt->serial, opt->serial_len);

@@ -278,6 +278,8 @@ Test(simnode, crash_and_restart_is_noticed_before_the_idle_timeout) {
   run_for(&w, 1 * CKT_SIM_S);
   ckt_sim_host_up(w.h[1]);
   memset(&w.s[1], 0, sizeof(w.s[1]));
+  w.s[1].w = &w;
+  w.s[1].idx = 1;
   node_start(&w, 1);
   cr_assert_eq(w.s[0].closed, 0, "node 0 cannot know yet");
   t0 = ckt_sim_now(w.sim);
@@ -413,5 +415,30 @@ Test(simnode, a_failed_invariant_stops_the_run) {
   ckt_sim_fail(w.sim, "a second reason");
   cr_assert_str_eq(ckt_sim_failure(w.sim),
                    "invariant: node 1 got more than 5 fragments");
+  world_free(&w);
+}
+
+Test(simnode, graceful_shutdown_tells_the_other_side_at_once) {
+  world w;
+  world_init(&w, 15, 2, NULL, 30000);
+  send_n(open_to(&w, 0, 1), 0, 3);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 3);
+  ckt_node_stop(w.node[1]); /* completes as the simulation runs */
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[0].closed, 1, "node 0 heard of the stop");
+  cr_assert_eq(w.s[0].closed_remote, 1);
+  cr_assert(strstr(w.s[0].reason, "peer stopped") != NULL, "reason: %s",
+            w.s[0].reason);
+  ckt_node_free(w.node[1]);
+  w.node[1] = NULL;
+  /* The same host runs a new node, and node 0 reaches it. */
+  memset(&w.s[1], 0, sizeof(w.s[1]));
+  w.s[1].w = &w;
+  w.s[1].idx = 1;
+  node_start(&w, 1);
+  send_n(open_to(&w, 0, 1), 0, 2);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 2);
   world_free(&w);
 }

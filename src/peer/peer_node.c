@@ -1733,9 +1733,11 @@ void ckt_node_free(ckt_node *n) {
   } else if (n->sim_host) {
     sim_host_run_posted(n->sim_host);
   }
-  /* Connections still up (a node freed without a stop, as a simulated
-   * crash does) go as if lost: their calls fail and their circuits end
-   * before the endpoint frees the streams under them. */
+  /* A node freed without a stop (as a simulated crash does): its peers
+   * stop (their circuits end, told "peer stopped" locally), and the
+   * connections still up go as if lost, their calls failing, before the
+   * endpoint frees the streams under them. */
+  circuit_stop_all(n);
   while (n->conns) {
     pconn *pc = n->conns;
     pconn_unlink(pc);
@@ -1748,7 +1750,6 @@ void ckt_node_free(ckt_node *n) {
     circuit_conn_lost(pc, "the node is stopping");
     pconn_free(pc);
   }
-  circuit_stop_all(n); /* peers a stop did not already take down */
   ckt_endpoint_free(n->ep);
   if (n->stop_timer) {
     n->rt->ops->timer_free(n->rt, n->stop_timer);

@@ -106,7 +106,7 @@ typedef struct run {
   uint64_t span_ns, spread_ns, deadline_ns;
   uint64_t sent, delivered, closes, faults_injected, restarts_done, seen;
   uint64_t calls, calls_done, calls_ok;
-  uint64_t calls_until_ns;
+  uint64_t calls_until_ns, call_every_ns;
   struct call_ctx **calls_ctx;
   size_t ncalls_ctx, cap_calls_ctx;
   int failed, finished, tearing_down;
@@ -441,7 +441,8 @@ static void node_log(void *user, const char *line) {
  * or an error (under no faults, never an error).  Calls carry the
  * caller's wall clock, so skewed clocks (chaos) show here: a server far
  * enough ahead sees a deadline that passed. */
-#define CALL_EVERY_NS (250 * CKT_SIM_MS)
+#define CALL_EVERY_NS (250 * CKT_SIM_MS) /* at most this often */
+#define CALL_ROUNDS 200                  /* and at most this many rounds */
 #define CALL_TIMEOUT_MS 2000
 
 typedef struct call_ctx {
@@ -515,8 +516,8 @@ static void call_cb(ckt_sim *s, void *user) {
     }
     r->calls++;
   }
-  if (ckt_sim_now(s) + CALL_EVERY_NS <= r->calls_until_ns) {
-    ckt_sim_at(s, ckt_sim_now(s) + CALL_EVERY_NS, call_cb, r);
+  if (ckt_sim_now(s) + r->call_every_ns <= r->calls_until_ns) {
+    ckt_sim_at(s, ckt_sim_now(s) + r->call_every_ns, call_cb, r);
   }
 }
 
@@ -967,8 +968,12 @@ static int run_one(const opts *o, uint64_t seed, int profile, result *res) {
   if (r.calls_until_ns < CKT_SIM_S) {
     r.calls_until_ns = CKT_SIM_S;
   }
+  /* A long, idle-dominated run stays idle: its rounds spread out. */
+  r.call_every_ns = r.calls_until_ns / CALL_ROUNDS > CALL_EVERY_NS
+                        ? r.calls_until_ns / CALL_ROUNDS
+                        : CALL_EVERY_NS;
   r.cap_calls_ctx =
-      (size_t)(r.calls_until_ns / CALL_EVERY_NS + 1) * (size_t)r.nnodes;
+      (size_t)(r.calls_until_ns / r.call_every_ns + 1) * (size_t)r.nnodes;
   r.calls_ctx = calloc(r.cap_calls_ctx, sizeof(*r.calls_ctx));
   if (!r.calls_ctx) {
     fail(&r, "out of memory");

@@ -68,6 +68,8 @@ typedef struct node_opts {
   int serve, aes, skip_verify, retry;
   uint32_t idle_ms, call_timeout_ms;
   logbuf *log;
+  size_t per_address;
+  uint32_t handshake_rate;
 } node_opts;
 
 static ckt_node *start_node(const node_opts *o, char *addr, size_t addr_sz) {
@@ -84,6 +86,8 @@ static ckt_node *start_node(const node_opts *o, char *addr, size_t addr_sz) {
   cfg.retry = o->retry;
   cfg.idle_timeout_ms = o->idle_ms;
   cfg.call_timeout_ms = o->call_timeout_ms;
+  cfg.max_connections_per_address = o->per_address;
+  cfg.max_handshakes_per_second = o->handshake_rate;
   if (o->log) {
     cfg.log = log_line;
     cfg.log_user = o->log;
@@ -820,5 +824,63 @@ Test(node, asking_a_stopped_node_does_not_hang) {
   cr_assert_eq(ckt_node_push(cli, saddr, request("x", "y", 1)), CKT_ERR_CLOSED);
   cr_assert_eq(call(cli, saddr, "echo", "x", 5000, &reply), CKT_ERR_CLOSED);
   ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
+Test(node, connections_per_address_are_limited) {
+  node_opts so = {.serve = 1, .per_address = 2};
+  node_opts co = {.call_timeout_ms = 3000};
+  char saddr[64];
+  ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node *cl[3];
+  ckt_message *reply = NULL;
+  ckt_node_stats st;
+  int rv;
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  for (int i = 0; i < 3; i++) {
+    cl[i] = start_node(&co, NULL, 0);
+  }
+  for (int i = 0; i < 2; i++) {
+    rv = call(cl[i], saddr, "echo", "hi", 3000, &reply);
+    cr_assert_eq(rv, CKT_OK, "client %d: %s", i, reply ? reply->err : "");
+    ckt_message_free(reply);
+  }
+  /* A third connection from the same IP (127.0.0.1) is refused. */
+  rv = call(cl[2], saddr, "echo", "hi", 3000, &reply);
+  cr_assert_neq(rv, CKT_OK);
+  cr_assert(reply && reply->err && strstr(reply->err, "refused"), "why: %s",
+            reply && reply->err ? reply->err : "(none)");
+  ckt_message_free(reply);
+  ckt_node_get_stats(srv, &st);
+  cr_assert_eq(st.connections_open, 2);
+  for (int i = 0; i < 3; i++) {
+    ckt_node_free(cl[i]);
+  }
+  ckt_node_free(srv);
+}
+
+Test(node, past_the_handshake_rate_clients_prove_their_address_first) {
+  node_opts so = {.serve = 1, .handshake_rate = 1};
+  node_opts co = {.call_timeout_ms = 3000};
+  char saddr[64];
+  ckt_node *srv = start_node(&so, saddr, sizeof(saddr));
+  ckt_node *cl[3];
+  ckt_message *reply = NULL;
+  ckt_node_stats st;
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  for (int i = 0; i < 3; i++) {
+    cl[i] = start_node(&co, NULL, 0);
+    cr_assert_eq(call(cl[i], saddr, "echo", "hi", 3000, &reply), CKT_OK);
+    ckt_message_free(reply);
+  }
+  /* One handshake a second: the first got in at once, the next ones
+   * (within the same second) after a Retry round trip. */
+  ckt_node_get_stats(srv, &st);
+  cr_assert_geq(st.retries_sent, 2, "retries: %lu",
+                (unsigned long)st.retries_sent);
+  cr_assert_eq(st.connections_open, 3);
+  for (int i = 0; i < 3; i++) {
+    ckt_node_free(cl[i]);
+  }
   ckt_node_free(srv);
 }

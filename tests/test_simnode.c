@@ -22,6 +22,8 @@ typedef struct side {
   int misordered;
   int closed, closed_remote;
   char reason[256];
+  ckt_circuit *accepted[16]; /* the first circuits remote peers opened */
+  int naccepted;
 } side;
 
 typedef struct world {
@@ -38,9 +40,13 @@ typedef struct world {
 
 static int on_new(ckt_peer *p, ckt_circuit *c, const ckt_fragment *open,
                   void *user) {
+  side *sd = user;
   (void)p;
   (void)open;
   ckt_circuit_set_user(c, user);
+  if (sd->naccepted < 16) {
+    sd->accepted[sd->naccepted++] = c;
+  }
   return 0;
 }
 
@@ -440,5 +446,102 @@ Test(simnode, graceful_shutdown_tells_the_other_side_at_once) {
   send_n(open_to(&w, 0, 1), 0, 2);
   run_for(&w, 1 * CKT_SIM_S);
   cr_assert_eq(w.s[1].got, 2);
+  world_free(&w);
+}
+
+/* A world whose nodes take extra limits. */
+static void world_init_cfg(world *w, uint64_t seed, int n,
+                           void (*tune)(ckt_node_config *cfg)) {
+  static const ckt_peer_service svc = {
+      .circuit_new = on_new,
+      .fragment = on_fragment,
+      .circuit_closed = on_closed,
+  };
+  memset(w, 0, sizeof(*w));
+  w->n = n;
+  w->idle_ms = 5000;
+  cr_assert_eq(ckt_sim_new(seed, NULL, &w->sim), CKT_OK);
+  for (int i = 0; i < n; i++) {
+    ckt_node_config cfg;
+    ckt_node_config_init(&cfg);
+    cfg.serve = 1;
+    cfg.idle_timeout_ms = w->idle_ms;
+    cfg.log = quiet_log;
+    tune(&cfg);
+    w->s[i].w = w;
+    w->s[i].idx = i;
+    cr_assert_eq(ckt_sim_host_new(w->sim, &w->h[i]), CKT_OK);
+    snprintf(w->addr[i], sizeof(w->addr[i]), "%s:%d", ckt_sim_host_ip(w->h[i]),
+             PORT);
+    cr_assert_eq(ckt_sim_node_new(w->h[i], PORT, &cfg, &w->node[i]), CKT_OK);
+    cr_assert_eq(
+        ckt_node_register_peer_service(w->node[i], "t", &svc, &w->s[i]),
+        CKT_OK);
+    cr_assert_eq(ckt_node_start_peer(w->node[i], "t", &w->peer[i]), CKT_OK);
+  }
+}
+
+static void small_circuit_queue(ckt_node_config *cfg) {
+  cfg->max_queued_per_circuit = 16 * 1024;
+}
+
+static void few_circuits(ckt_node_config *cfg) {
+  cfg->max_circuits_per_connection = 4;
+}
+
+static int sends_until_again(ckt_circuit *c) {
+  side *sd = ckt_circuit_user(c);
+  int n = 0;
+  while (n < 100000) {
+    ckt_fragment *f = frag(sd->idx, (uint64_t)n);
+    uint8_t body[1000];
+    memset(body, 1, sizeof(body));
+    cr_assert_eq(ckt_fragment_set_payload(f, body, sizeof(body)), CKT_OK);
+    int rv = ckt_circuit_send(c, f);
+    if (rv == CKT_ERR_AGAIN) {
+      return n;
+    }
+    cr_assert_eq(rv, CKT_OK);
+    n++;
+  }
+  return n;
+}
+
+Test(simnode, the_circuit_queue_limit_is_configurable) {
+  world w;
+  int def, small;
+  world_init(&w, 16, 2, NULL, 5000);
+  def = sends_until_again(open_to(&w, 0, 1));
+  world_free(&w);
+  world_init_cfg(&w, 16, 2, small_circuit_queue);
+  small = sends_until_again(open_to(&w, 0, 1));
+  /* Each fragment is a little over 1,000 bytes framed. */
+  cr_assert(def >= 900 && def <= (int)(CKT_CIRCUIT_QUEUE_MAX / 1000),
+            "default: %d", def);
+  cr_assert(small >= 10 && small <= 16, "16 KiB: %d", small);
+  world_free(&w);
+}
+
+Test(simnode, a_connection_carries_at_most_the_configured_circuits_at_once) {
+  world w;
+  ckt_circuit *c[10];
+  world_init_cfg(&w, 17, 2, few_circuits);
+  /* Node 1 lets a peer have 4 streams open at once: of 10 circuits node 0
+   * opens, each with a first fragment, 4 reach it; the others wait for
+   * streams to come free (none is refused). */
+  for (int i = 0; i < 10; i++) {
+    c[i] = open_to(&w, 0, 1);
+    send_n(c[i], 0, 1);
+  }
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 4);
+  cr_assert_eq(w.s[0].closed, 0);
+  cr_assert_eq(w.s[1].naccepted, 4);
+  /* Node 1 closes two of them: their streams come free, two more go. */
+  ckt_circuit_close(w.s[1].accepted[0], NULL);
+  ckt_circuit_close(w.s[1].accepted[1], NULL);
+  run_for(&w, 1 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 6, "got %lu", (unsigned long)w.s[1].got);
+  cr_assert_eq(w.s[0].closed, 2);
   world_free(&w);
 }

@@ -37,7 +37,12 @@ static void print_help(const cmd_spec *spec) {
     const char *h = f->help;
     snprintf(left, sizeof(left), "-%s%s%s", f->name, f->arg ? " " : "",
              f->arg ? f->arg : "");
-    printf("  %-18s ", left);
+    if (strlen(left) > 18) { /* too wide: the help starts a line below */
+      printf("  %s\n", left);
+      printf("  %-18s ", "");
+    } else {
+      printf("  %-18s ", left);
+    }
     /* Continuation lines of the help text line up under the first. */
     while (*h) {
       const char *nl = strchr(h, '\n');
@@ -285,6 +290,13 @@ size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
       {"k", CMD_STRING, &o->identity, 0, 0, "NAME", identity_help},
       {"ca", CMD_STRING, &o->ca, 0, 0, "FILE",
        "CA certificate peers must be signed by (default:\nDIR/ca.crt)"},
+      {"known-clients", CMD_STRING, &o->known_clients, 0, 0, "FILE",
+       "known client keys, checked when accepting (default:\n"
+       "DIR/known_client_keys): absent: off; writable: new\n"
+       "keys are recorded; read-only: only listed keys pass"},
+      {"known-servers", CMD_STRING, &o->known_servers, 0, 0, "FILE",
+       "known server keys, checked when dialing (default:\n"
+       "DIR/known_server_keys), the same rules"},
       {"passfile", CMD_STRING, &o->passfile, 0, 0, "FILE",
        "passphrase of an encrypted key (else $CKT_PASSPHRASE\nor the "
        "terminal)"},
@@ -305,6 +317,8 @@ void cmd_node_config(cmd_node_opts *o, const char *prog,
                      struct ckt_node_config *cfg) {
   cfg->cert_dir = o->certs;
   cfg->ca_file = o->ca;
+  cfg->known_client_keys = o->known_clients;
+  cfg->known_server_keys = o->known_servers;
   cfg->aes_gcm = o->aes;
   cfg->insecure_skip_verify = o->skip_verify;
   cfg->idle_timeout_ms = (uint32_t)o->idle_ms;
@@ -333,7 +347,8 @@ int cmd_exit_code(int err) {
   case CKT_ERR_CERT_EXPIRED:
   case CKT_ERR_CERT_NOT_YET_VALID:
   case CKT_ERR_CERT_NOT_CA:
-  case CKT_ERR_CANCELED: /* no passphrase for a sealed key */
+  case CKT_ERR_LOCKED_OUT: /* a read-only, empty known-keys file */
+  case CKT_ERR_CANCELED:   /* no passphrase for a sealed key */
     return CMD_EXIT_AUTH;
   case CKT_ERR_IO:
   case CKT_ERR_NOT_FOUND:

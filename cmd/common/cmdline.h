@@ -63,16 +63,17 @@ int cmd_wait_signal(unsigned long timeout_ms);
 /* Node options every networked tool takes, filled by cmd_node_flags() and
  * turned into a ckt_node_config by cmd_node_config(). */
 typedef struct cmd_node_opts {
-  const char *certs, *identity, *ca, *passfile;
+  const char *certs, *identity, *ca, *passfile, *known_clients, *known_servers;
   int aes, skip_verify;
   unsigned long idle_ms, max_msg;
   cmd_pass_source pass;
 } cmd_node_opts;
 
-/* Writes the node flags (-certs, -k, -ca, -passfile, -aes, -skip-verify,
- * -idle, -max-msg) bound to o into out (room for CMD_NODE_NFLAGS) and
- * returns their count.  identity_help names the default identity. */
-#define CMD_NODE_NFLAGS 8
+/* Writes the node flags (-certs, -k, -ca, -known-clients, -known-servers,
+ * -passfile, -aes, -skip-verify, -idle, -max-msg) bound to o into out
+ * (room for CMD_NODE_NFLAGS) and returns their count.  identity_help names
+ * the default identity. */
+#define CMD_NODE_NFLAGS 10
 size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
                       cmd_flag *out);
 

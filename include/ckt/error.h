@@ -80,7 +80,11 @@ enum {
   CKT_ERR_NO_SERVICE = -24,
   /* A configured limit was reached (instances of a service, ...); the
    * error text names what holds it. */
-  CKT_ERR_LIMIT = -25
+  CKT_ERR_LIMIT = -25,
+  /* A known-keys file is read-only (lockdown) and lists no key: no peer
+   * could ever be accepted, so the node refuses to start.  Add keys to it
+   * or make it writable (docs/identity.md, "Known keys"). */
+  CKT_ERR_LOCKED_OUT = -26
 };
 
 /* Returns a static, human-readable description of an error code.

@@ -80,7 +80,9 @@ CKT_EXTERN int ckt_key_from_pem(const char *pem, size_t pemlen,
                                 const char *pass, size_t passlen,
                                 ckt_ed25519_key *key);
 
-/* 1 if pem holds a ckt-encrypted private key, 0 otherwise. */
+/* 1 if pem holds a ckt-encrypted private key, 0 otherwise (also when out
+ * of memory: ckt_key_from_pem() says CKT_ERR_PASSPHRASE_REQUIRED for
+ * sure). */
 CKT_EXTERN int ckt_key_pem_is_encrypted(const char *pem, size_t pemlen);
 
 typedef struct ckt_cert_options {
@@ -128,7 +130,8 @@ CKT_EXTERN int ckt_cert_verify(const char *ca_pem, size_t ca_pemlen,
                                const char *cert_pem, size_t cert_pemlen);
 
 /* Checks that key is the private key of the certificate.
- * CKT_OK, CKT_ERR_FORMAT, CKT_ERR_KEY_TYPE, CKT_ERR_KEY_MISMATCH. */
+ * CKT_OK, CKT_ERR_INVALID_ARGUMENT, CKT_ERR_FORMAT, CKT_ERR_TOO_LARGE,
+ * CKT_ERR_KEY_TYPE, CKT_ERR_KEY_MISMATCH, CKT_ERR_NOMEM. */
 CKT_EXTERN int ckt_cert_check_key(const char *cert_pem, size_t cert_pemlen,
                                   const ckt_ed25519_key *key);
 

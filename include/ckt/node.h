@@ -55,6 +55,16 @@ typedef struct ckt_node_config {
   const char *client_name;
   /* CA certificate peers must be signed by; NULL: <cert_dir>/ca.crt. */
   const char *ca_file;
+  /* Known keys (docs/identity.md, "Known keys"): the file of client keys
+   * consulted when accepting a connection, and of server keys consulted
+   * when dialing.  NULL: <cert_dir>/known_client_keys and
+   * <cert_dir>/known_server_keys (none for a simulated node on built-in
+   * identities).  At each handshake, after the CA check: no file, no
+   * check; a writable file records each new key (trust on first use); a
+   * read-only one (no write bit for anyone, root included) admits only
+   * the keys it lists (lockdown). */
+  const char *known_client_keys;
+  const char *known_server_keys;
   /* Asked for the passphrase of encrypted key files; NULL: only plain
    * keys can be used. */
   ckt_passphrase_cb passphrase;
@@ -78,6 +88,22 @@ typedef struct ckt_node_config {
   int retry;
   /* Connections in both roles together; 0: 4096. */
   size_t max_connections;
+  /* Limits against hostile or runaway peers; 0 means the default given.
+   * Accepted connections from one IP address (0: a quarter of
+   * max_connections, 1024 by default).  Beyond, new ones are refused. */
+  size_t max_connections_per_address;
+  /* New handshakes accepted per second (0: 1000).  Beyond, a client must
+   * first prove its address with a Retry round trip, which costs this
+   * node no state. */
+  uint32_t max_handshakes_per_second;
+  /* Calls and circuits in flight on one connection that the peer may
+   * open (0: 1024; QUIC's stream limit: the peer waits for more). */
+  uint32_t max_circuits_per_connection;
+  /* Bytes a circuit may have sent but not yet acknowledged before
+   * ckt_circuit_send() says CKT_ERR_AGAIN (0: CKT_CIRCUIT_QUEUE_MAX). */
+  uint64_t max_queued_per_circuit;
+  /* The same for a whole connection (0: 64 MiB). */
+  uint64_t max_queued_per_connection;
   /* Log lines (refused handshakes, lost peers, warnings); NULL: stderr. */
   void (*log)(void *user, const char *line);
   void *log_user;
@@ -102,10 +128,14 @@ typedef void (*ckt_call_done)(ckt_node *n, int err, const ckt_message *reply,
 /* Fills cfg with defaults (all zero/NULL). */
 CKT_EXTERN void ckt_node_config_init(ckt_node_config *cfg);
 
-/* Loads identities, binds the port, builds TLS contexts.
+/* Loads identities and known keys, binds the port, builds TLS contexts.
  * CKT_OK; CKT_ERR_INVALID_ARGUMENT (bad listen address); the codes of
  * ckt_identity_load() for the certificates (CKT_ERR_NOT_FOUND,
- * CKT_ERR_PASSPHRASE...); CKT_ERR_IO (bind: errno set); CKT_ERR_NOMEM. */
+ * CKT_ERR_PASSPHRASE...); for a known-keys file: CKT_ERR_FORMAT (a bad
+ * line, logged with its number), CKT_ERR_TOO_LARGE, CKT_ERR_LOCKED_OUT
+ * (read-only with no key), CKT_ERR_IO (unreadable, not a regular file);
+ * CKT_ERR_IO (bind: errno set); CKT_ERR_NOMEM.  What went wrong is also
+ * logged in one sentence. */
 CKT_EXTERN int ckt_node_new(const ckt_node_config *cfg, ckt_node **out);
 /* Runs the loop on a new thread.  CKT_OK, CKT_ERR_IO. */
 CKT_EXTERN int ckt_node_start(ckt_node *n);

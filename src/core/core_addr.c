@@ -32,6 +32,7 @@ static int parse_port(const char *s) {
   return v <= 65535 ? (int)v : -1;
 }
 
+/* errno must be cleared before the getaddrinfo() that returned rv. */
 static int resolver_error(int rv) {
   switch (rv) {
   case EAI_MEMORY:
@@ -42,7 +43,9 @@ static int resolver_error(int rv) {
     errno = EAGAIN;
     return CKT_ERR_IO;
   default:
-    return CKT_ERR_INVALID_ARGUMENT;
+    /* glibc says EAI_NONAME when a lookup service ran out of memory:
+     * malloc's ENOMEM tells that from an unknown name. */
+    return errno == ENOMEM ? CKT_ERR_NOMEM : CKT_ERR_INVALID_ARGUMENT;
   }
 }
 
@@ -81,6 +84,7 @@ static int resolve(const char *host, const char *port, int portnum,
     }
     hints.ai_family = AF_UNSPEC;
   }
+  errno = 0;
   rv = getaddrinfo(host, port, &hints, &res);
   if (rv != 0) {
     return resolver_error(rv);

@@ -324,13 +324,13 @@ void circuit_adopt(pconn *to, pconn *from) {
   }
 }
 
-static ckt_circuit *circuit_new(void) {
+static ckt_circuit *circuit_new(ckt_node *n) {
   ckt_circuit *c = calloc(1, sizeof(*c));
   if (!c) {
     return NULL;
   }
   c->rx.kind = RX_CIRCUIT;
-  ckt_buf_init(&c->pending, CKT_CIRCUIT_QUEUE_MAX + 64 * 1024);
+  ckt_buf_init(&c->pending, n->circuit_queue_max + 64 * 1024);
   return c;
 }
 
@@ -348,7 +348,7 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
     return CKT_ERR_TOO_LARGE;
   }
   if (!force && c->stream &&
-      ckt_stream_unacked(c->stream) >= CKT_CIRCUIT_QUEUE_MAX) {
+      ckt_stream_unacked(c->stream) >= n->circuit_queue_max) {
     c->want_writable = 1;
     return CKT_ERR_AGAIN;
   }
@@ -365,7 +365,7 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
       if (rv == CKT_ERR_AGAIN) {
         c->want_writable = 1; /* the connection's queue is full */
       }
-    } else if (!force && c->pending.len + b.len > CKT_CIRCUIT_QUEUE_MAX) {
+    } else if (!force && c->pending.len + b.len > n->circuit_queue_max) {
       c->want_writable = 1;
       rv = CKT_ERR_AGAIN;
     } else {
@@ -402,7 +402,7 @@ void circuit_pump(pconn *pc) {
       return;
     }
     ckt_buf_free(&c->pending);
-    c->pending.limit = CKT_CIRCUIT_QUEUE_MAX + 64 * 1024;
+    c->pending.limit = pc->n->circuit_queue_max + 64 * 1024;
   }
 }
 
@@ -428,7 +428,7 @@ static int open_to(ckt_peer *p, const ckt_url *u, const char *name,
   if ((rv = node_pconn_get(n, &addr, &pc)) != CKT_OK) {
     goto done;
   }
-  c = circuit_new();
+  c = circuit_new(n);
   open = ckt_fragment_new();
   if (!c || !open) {
     rv = CKT_ERR_NOMEM;
@@ -596,7 +596,7 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
     ckt_fragment_free(open);
     return;
   }
-  c = circuit_new();
+  c = circuit_new(n);
   if (!c) {
     refuse(n, s, open, "out of memory");
     ckt_fragment_free(open);
@@ -735,13 +735,15 @@ void circuit_conn_lost(pconn *pc, const char *why) {
 void circuit_writable(ckt_stream *s, rxstate *rx) {
   ckt_circuit *c = (ckt_circuit *)rx, *o, *next;
   pconn *pc = c->pc;
+  ckt_node *n = pc ? pc->n : c->p ? c->p->n : NULL;
+  uint64_t half = (n ? n->circuit_queue_max : CKT_CIRCUIT_QUEUE_MAX) / 2;
   (void)s;
   /* Acks on any stream free connection-level room too: every circuit of
    * the connection that waits for room and now has it hears so. */
   for (o = pc ? pc->circuits : c; o; o = next) {
     next = o->pc_next;
     if (o->want_writable && o->stream &&
-        ckt_stream_unacked(o->stream) < CKT_CIRCUIT_QUEUE_MAX / 2) {
+        ckt_stream_unacked(o->stream) < half) {
       o->want_writable = 0;
       if (o->p && o->p->svc.writable) {
         o->p->svc.writable(o->p, o, o->p->user);

@@ -97,6 +97,7 @@ struct ckt_node {
    * no ev loop, no thread; the simulation drives everything. */
   ckt_sim_host *sim_host;
   int stop_posted;
+  uint64_t circuit_queue_max; /* cfg.max_queued_per_circuit or default */
 };
 
 /* peer_sim.c: the simulation's built-in identity for host `index`: a

@@ -22,6 +22,7 @@
 
 #include "core_util.h"
 #include "peer_int.h"
+#include "tls_known.h"
 
 struct call_t {
   rxstate rx; /* first: stream user pointers cast to rxstate */
@@ -1296,6 +1297,39 @@ void ckt_node_config_init(ckt_node_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
 }
 
+/* The known-keys store of one role (server: the client keys it checks):
+ * the file the configuration names, else <cert_dir>/known_client_keys or
+ * known_server_keys when the node reads its identities from a directory.
+ * *out stays NULL when there is no file to consult.  The store logs its
+ * own errors, naming the file. */
+static int open_known(ckt_node *n, int server, ckt_known **out) {
+  const char *path =
+      server ? n->cfg.known_client_keys : n->cfg.known_server_keys;
+  char buf[PATH_MAX];
+  ckt_known_config kc;
+
+  *out = NULL;
+  if (!path && n->cert_dir) {
+    if (snprintf(buf, sizeof(buf), "%s/%s", n->cert_dir,
+                 server ? "known_client_keys" : "known_server_keys") >=
+        (int)sizeof(buf)) {
+      node_log(n, "the certificate directory's name is too long: %s",
+               n->cert_dir);
+      return CKT_ERR_TOO_LARGE;
+    }
+    path = buf;
+  }
+  if (!path) {
+    return CKT_OK;
+  }
+  memset(&kc, 0, sizeof(kc));
+  kc.path = path;
+  kc.clients = server;
+  kc.log = ep_log;
+  kc.log_user = n;
+  return ckt_known_open(&kc, out);
+}
+
 static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
                     size_t ca_len, WOLFSSL_CTX **out) {
   ckt_identity_options io;
@@ -1322,8 +1356,9 @@ static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
   tc.ca_len = ca_len;
   tc.aes_gcm = n->cfg.aes_gcm;
   tc.skip_verify = n->cfg.insecure_skip_verify;
-  rv = ckt_tls_ctx_new(server, &tc, out);
-  if (rv != CKT_OK) {
+  rv = open_known(n, server, &tc.known);
+  if (rv == CKT_OK && (rv = ckt_tls_ctx_new(server, &tc, out)) != CKT_OK) {
+    ckt_known_free(tc.known); /* the context did not take it */
     node_log(n, "cannot use the identity %s/%s: %s", n->cert_dir, name,
              ckt_strerror(rv));
   }
@@ -1370,17 +1405,21 @@ static int node_tls(ckt_node *n) {
     node_log(n, "WARNING: INSECURE skip-verify mode: peers' certificates are "
                 "NOT checked against the CA");
   }
+  /* The caller's strings are valid during ckt_node_new() only. */
+  n->cfg.known_client_keys = n->cfg.known_server_keys = NULL;
   return rv;
 }
 
 /* A simulated node's TLS contexts from the built-in identity of its host
- * (both roles present the same one). */
+ * (both roles present the same one).  Known keys only from files the
+ * configuration names: a simulation touches no file by default. */
 static int node_tls_sim(ckt_node *n, int index) {
   ckt_tls_config tc;
   ckt_ed25519_key key;
   const char *cert, *ca;
   size_t cert_len, ca_len;
   int rv = peer_sim_identity(index, &cert, &cert_len, &key, &ca, &ca_len);
+  int role;
   if (rv != CKT_OK) {
     node_log(n, "cannot make the simulation's identity %d: %s", index,
              ckt_strerror(rv));
@@ -1394,13 +1433,17 @@ static int node_tls_sim(ckt_node *n, int index) {
   tc.ca_len = ca_len;
   tc.aes_gcm = n->cfg.aes_gcm;
   tc.skip_verify = n->cfg.insecure_skip_verify;
-  if (n->cfg.serve) {
-    rv = ckt_tls_ctx_new(1, &tc, &n->server_tls);
-  }
-  if (rv == CKT_OK) {
-    rv = ckt_tls_ctx_new(0, &tc, &n->client_tls);
+  for (role = n->cfg.serve ? 1 : 0; role >= 0 && rv == CKT_OK; --role) {
+    rv = open_known(n, role, &tc.known);
+    if (rv == CKT_OK &&
+        (rv = ckt_tls_ctx_new(
+             role, &tc, role ? &n->server_tls : &n->client_tls)) != CKT_OK) {
+      ckt_known_free(tc.known); /* the context did not take it */
+    }
+    tc.known = NULL;
   }
   ckt_key_wipe(&key);
+  n->cfg.known_client_keys = n->cfg.known_server_keys = NULL;
   return rv;
 }
 
@@ -1444,6 +1487,9 @@ static int node_alloc(const ckt_node_config *cfg, int default_certs,
   n->lim.max_payload = cfg->max_message_size ? cfg->max_message_size
                                              : CKT_MESSAGE_DEFAULT_MAX_PAYLOAD;
   n->flim.max_payload = n->lim.max_payload;
+  n->circuit_queue_max = cfg->max_queued_per_circuit
+                             ? cfg->max_queued_per_circuit
+                             : CKT_CIRCUIT_QUEUE_MAX;
   n->frame_max = ckt_message_encoded_max(&n->lim);
   if (ckt_fragment_encoded_max(&n->flim) > n->frame_max) {
     n->frame_max = ckt_fragment_encoded_max(&n->flim);
@@ -1501,6 +1547,10 @@ static int node_endpoint(ckt_node *n, const ckt_addr *local,
     ec.conn_window = 8u * 1024 * 1024;
   }
   ec.max_connections = n->cfg.max_connections;
+  ec.max_per_address = n->cfg.max_connections_per_address;
+  ec.handshake_rate = n->cfg.max_handshakes_per_second;
+  ec.max_streams = n->cfg.max_circuits_per_connection;
+  ec.max_queued = n->cfg.max_queued_per_connection;
   ec.no_loopback_shortcuts = n->sim_host != NULL;
   memcpy(ec.static_secret, secret, CKT_STATIC_SECRET_LEN);
   ec.cb.conn_ready = on_conn_ready;

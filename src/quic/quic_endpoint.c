@@ -30,6 +30,15 @@
 /* Datagrams for no connection checked a second for being a peer's
  * stateless reset (each check scans the connections). */
 #define RESET_SCAN_RATE 1000.0
+/* The share of the loop's time that Initials for no connection may take,
+ * and the most they may take at once (about 300 handshakes' worth).
+ * Accepting, refusing or answering one with a Retry derives its keys,
+ * ~150 us with wolfSSL 5.5.4: a flood of junk Initials would otherwise
+ * keep the loop busy while the kernel drops the datagrams of the
+ * connections we have.  Beyond the budget they are dropped unread; a real
+ * client sends its Initial again. */
+#define ACCEPT_SHARE 0.1
+#define ACCEPT_BURST_NS 50e6
 #define RETRY_TOKEN_TIMEOUT (10ull * NGTCP2_SECONDS)
 
 typedef struct chunk {
@@ -95,6 +104,10 @@ struct ckt_endpoint {
   uint64_t reset_ts;
   double scan_tokens;
   uint64_t scan_ts;
+  double accept_credit; /* ns that Initials for no connection may take */
+  uint64_t accept_ts;
+  double hs_tokens; /* new handshakes allowed now without a Retry */
+  uint64_t hs_ts;
   uint8_t tx[TX_BUF];
 };
 
@@ -457,6 +470,14 @@ static void conn_drained(ckt_conn *c) {
              rlen ? reason
                   : ckt_tls_alert_text((uint8_t)(ccerr.error_code & 0xff)));
     err = CKT_ERR_TLS;
+  } else if (ccerr.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT &&
+             ccerr.error_code == NGTCP2_CONNECTION_REFUSED) {
+    snprintf(why, sizeof(why),
+             "%s refused the connection: it is at one of its limits "
+             "(connections, handshakes in progress, or connections from "
+             "our address)",
+             who);
+    err = CKT_ERR_CONNECTION;
   } else if (ccerr.type ==
                  NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION &&
              ccerr.error_code == 0) {
@@ -1085,6 +1106,42 @@ static void refuse(ckt_endpoint *ep, const ckt_addr *from,
   }
 }
 
+static int same_ip(const ckt_addr *a, const ckt_addr *b) {
+  if (a->ss.ss_family != b->ss.ss_family) {
+    return 0;
+  }
+  if (a->ss.ss_family == AF_INET) {
+    return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr;
+  }
+  return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+                &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, 16) == 0;
+}
+
+/* Connections we accepted from from's IP address (any port). */
+static size_t accepted_from(const ckt_endpoint *ep, const ckt_addr *from) {
+  const ckt_conn *c;
+  size_t n = 0;
+  for (c = ep->conns; c; c = c->next) {
+    n += !c->client && !c->dead && same_ip(&c->peer, from);
+  }
+  return n;
+}
+
+/* Token bucket of new handshakes: 1 while fewer than handshake_rate a
+ * second were accepted; past it, clients must prove their address with
+ * a Retry first (a Retry costs us no state). */
+static int handshake_rate_ok(ckt_endpoint *ep) {
+  uint64_t t = now(ep);
+  double rate = ep->cfg.handshake_rate;
+  ep->hs_tokens += (double)(t - ep->hs_ts) / 1e9 * rate;
+  if (ep->hs_tokens > rate) {
+    ep->hs_tokens = rate;
+  }
+  ep->hs_ts = t;
+  return ep->hs_tokens >= 1.0;
+}
+
 /* An Initial packet for no known connection: maybe a new client. */
 static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
                         const uint8_t *data, size_t len) {
@@ -1102,7 +1159,8 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
     return;
   }
   if (ep->naccepted >= ep->cfg.max_connections ||
-      ep->handshaking >= ep->cfg.max_handshakes) {
+      ep->handshaking >= ep->cfg.max_handshakes ||
+      accepted_from(ep, from) >= ep->cfg.max_per_address) {
     refuse(ep, from, &hd);
     CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     return;
@@ -1112,7 +1170,7 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   /* Address validation: always when configured, and by itself once many
    * handshakes are pending (spoofed Initials then cost us no state). */
   if (ep->cfg.retry || hd.token.len > 0 ||
-      ep->handshaking >= ep->cfg.max_handshakes / 4) {
+      ep->handshaking >= ep->cfg.max_handshakes / 4 || !handshake_rate_ok(ep)) {
     if (hd.token.len == 0) {
       send_retry(ep, from, &hd);
       return;
@@ -1162,6 +1220,9 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   conn_link(c);
   ep->naccepted++;
   ep->handshaking++;
+  if (ep->hs_tokens >= 1.0) {
+    ep->hs_tokens -= 1.0;
+  }
   CKT_COUNTER_ADD(ep->stats.connections_accepted, 1);
   rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, data, len, now(ep));
   if (rv == NGTCP2_ERR_CRYPTO) {
@@ -1177,6 +1238,24 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
     return;
   }
   schedule_flush(c);
+}
+
+/* accept_conn() within its budget: the time it takes is paid for from a
+ * credit that grows by ACCEPT_SHARE of the time that passes. */
+static void accept_budgeted(ckt_endpoint *ep, const ckt_addr *from,
+                            const uint8_t *data, size_t len) {
+  uint64_t t = now(ep);
+  ep->accept_credit += (double)(t - ep->accept_ts) * ACCEPT_SHARE;
+  if (ep->accept_credit > ACCEPT_BURST_NS) {
+    ep->accept_credit = ACCEPT_BURST_NS;
+  }
+  ep->accept_ts = t;
+  if (ep->accept_credit <= 0) {
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
+    return;
+  }
+  accept_conn(ep, from, data, len);
+  ep->accept_credit -= (double)(now(ep) - t);
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -1315,7 +1394,7 @@ void ckt_endpoint_recv(ckt_endpoint *ep, const ckt_addr *from,
   c = ckt_cidmap_get(&ep->map, vc.dcid, vc.dcidlen);
   if (!c) {
     if (data[0] & 0x80) {
-      accept_conn(ep, from, data, len);
+      accept_budgeted(ep, from, data, len);
     } else if (!stateless_reset_received(ep, from, data, len)) {
       CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
       send_stateless_reset(ep, from, &vc, len);
@@ -1391,6 +1470,15 @@ int ckt_endpoint_new(ckt_runtime *rt, const ckt_addr *local,
   if (!ep->cfg.max_handshakes) {
     ep->cfg.max_handshakes = 256;
   }
+  if (!ep->cfg.max_per_address) {
+    /* Room for many clients behind one NAT, yet no single address can
+     * take every slot. */
+    ep->cfg.max_per_address =
+        ep->cfg.max_connections / 4 > 0 ? ep->cfg.max_connections / 4 : 1;
+  }
+  if (!ep->cfg.handshake_rate) {
+    ep->cfg.handshake_rate = 1000;
+  }
   if (!ep->cfg.max_queued) {
     ep->cfg.max_queued = 64u * 1024 * 1024;
   }
@@ -1411,6 +1499,10 @@ int ckt_endpoint_new(ckt_runtime *rt, const ckt_addr *local,
   }
   ep->reset_tokens = RESET_RATE;
   ep->reset_ts = now(ep);
+  ep->accept_credit = ACCEPT_BURST_NS;
+  ep->accept_ts = ep->reset_ts;
+  ep->hs_tokens = ep->cfg.handshake_rate;
+  ep->hs_ts = ep->reset_ts;
   random_bytes(ep, (uint8_t *)&seed, sizeof(seed));
   if (ckt_cidmap_init(&ep->map, seed) != CKT_OK) {
     free(ep);

@@ -69,6 +69,10 @@ typedef struct ckt_endpoint_config {
   size_t max_connections;     /* accepted, and dialed, each (0: 4096) */
   size_t max_handshakes;      /* accepted ones still in handshake (0: 256);
                                  past a quarter of it, Retry is required */
+  size_t max_per_address;     /* accepted connections from one IP (0: a
+                                 quarter of max_connections) */
+  uint32_t handshake_rate;    /* accepted handshakes a second before Retry
+                                 is required (0: 1000) */
   uint64_t max_queued;        /* bytes written but not yet acknowledged, per
                                  connection (0: 64 MiB) */
   uint64_t stream_window;     /* flow-control window per stream, bytes */

@@ -2,6 +2,7 @@
  * tls_cert.c — Ed25519 X.509 certificates with wolfSSL: making CA and leaf
  * certificates, verifying a certificate against a CA, reading fields.
  */
+#include <errno.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,14 @@ static int cert_der(const char *text, size_t len, ckt_pem *pem) {
     return CKT_ERR_FORMAT;
   }
   return CKT_OK;
+}
+
+/* 1 when a wolfSSL call that failed ran out of memory; errno must be
+ * cleared before the call.  Out of memory is no verdict on a certificate,
+ * but wolfSSL 5.5.4 reports some allocation failures as what the caller
+ * was doing (GetCertName: ASN_PARSE_E); malloc's ENOMEM tells. */
+static int out_of_memory(int wolf) {
+  return wolf == MEMORY_E || errno == ENOMEM;
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -157,7 +166,7 @@ static void describe_decoded(const DecodedCert *dc, const uint8_t *der,
 
 int ckt_cert_describe_der(const uint8_t *der, size_t len, ckt_cert_info *info) {
   DecodedCert dc;
-  int rv = CKT_OK;
+  int rv = CKT_OK, wolf;
 
   if (!info || !der) {
     return CKT_ERR_INVALID_ARGUMENT;
@@ -170,8 +179,10 @@ int ckt_cert_describe_der(const uint8_t *der, size_t len, ckt_cert_info *info) {
     return rv;
   }
   wc_InitDecodedCert(&dc, der, (word32)len, NULL);
-  if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) != 0) {
-    rv = CKT_ERR_FORMAT;
+  errno = 0;
+  wolf = wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL);
+  if (wolf != 0) {
+    rv = out_of_memory(wolf) ? CKT_ERR_NOMEM : CKT_ERR_FORMAT;
   } else {
     describe_decoded(&dc, der, len, info);
   }
@@ -219,14 +230,16 @@ int ckt_cert_check_key(const char *cert_pem, size_t cert_pemlen,
 
 /* ---- verifying --------------------------------------------------------- */
 
+/* errno must be cleared before the call that returned wolf. */
 static int verify_error(int wolf) {
+  if (out_of_memory(wolf)) {
+    return CKT_ERR_NOMEM;
+  }
   switch (wolf) {
   case ASN_AFTER_DATE_E:
     return CKT_ERR_CERT_EXPIRED;
   case ASN_BEFORE_DATE_E:
     return CKT_ERR_CERT_NOT_YET_VALID;
-  case MEMORY_E:
-    return CKT_ERR_NOMEM;
   default: /* ASN_NO_SIGNER_E, ASN_SIG_CONFIRM_E, ... */
     return CKT_ERR_CERT_UNTRUSTED;
   }
@@ -261,15 +274,19 @@ int ckt_cert_verify(const char *ca_text, size_t ca_len, const char *text,
     rv = CKT_ERR_NOMEM;
     goto done;
   }
+  errno = 0;
   wolf = wolfSSL_CertManagerLoadCABuffer(cm, ca.der, (long)ca.der_len,
                                          WOLFSSL_FILETYPE_ASN1);
   if (wolf != WOLFSSL_SUCCESS) {
-    /* The CA itself is unusable: expired, or not self-consistent. */
-    rv = wolf == ASN_AFTER_DATE_E || wolf == ASN_BEFORE_DATE_E
+    /* The CA itself is unusable: expired, or not self-consistent (or there
+     * was no memory to load it). */
+    rv = out_of_memory(wolf) || wolf == ASN_AFTER_DATE_E ||
+                 wolf == ASN_BEFORE_DATE_E
              ? verify_error(wolf)
              : CKT_ERR_CERT_UNTRUSTED;
     goto done;
   }
+  errno = 0;
   wolf = wolfSSL_CertManagerVerifyBuffer(cm, leaf.der, (long)leaf.der_len,
                                          WOLFSSL_FILETYPE_ASN1);
   rv = wolf == WOLFSSL_SUCCESS ? CKT_OK : verify_error(wolf);
@@ -471,8 +488,10 @@ static int make_cert(const ckt_ed25519_key *key, const ckt_ed25519_key *signer,
       return CKT_ERR_CRYPTO;
     }
     leaf_alt_names(&cert, opt ? opt->email : NULL);
-    if (wc_SetIssuerBuffer(&cert, issuer_der, (int)issuer_len) != 0) {
-      return CKT_ERR_FORMAT;
+    errno = 0;
+    n = wc_SetIssuerBuffer(&cert, issuer_der, (int)issuer_len);
+    if (n != 0) {
+      return out_of_memory(n) ? CKT_ERR_NOMEM : CKT_ERR_FORMAT;
     }
   }
 

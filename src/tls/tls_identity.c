@@ -103,12 +103,15 @@ int ckt_key_load(const char *path, const ckt_identity_options *opt,
     return rv;
   }
   p.len = -1;
-  if (ckt_key_pem_is_encrypted(text, len)) {
+  /* The decoder, not ckt_key_pem_is_encrypted() (which says 0 when out of
+   * memory), tells when a passphrase is needed. */
+  rv = ckt_key_from_pem(text, len, NULL, 0, key);
+  if (rv == CKT_ERR_PASSPHRASE_REQUIRED) {
     rv = ask(opt, path, 0, &p);
-  }
-  if (rv == CKT_OK) {
-    rv = ckt_key_from_pem(text, len, p.len >= 0 ? p.buf : NULL,
-                          p.len >= 0 ? (size_t)p.len : 0, key);
+    if (rv == CKT_OK) {
+      rv = ckt_key_from_pem(text, len, p.len >= 0 ? p.buf : NULL,
+                            p.len >= 0 ? (size_t)p.len : 0, key);
+    }
   }
   pass_wipe(&p);
   ckt_secure_zero(text, len);

@@ -13,7 +13,7 @@ int ckt_tls_init(void);
 
 struct ckt_cert_info;
 /* ckt_cert_describe() for a DER certificate (as the TLS stack hands it
- * over).  CKT_OK, CKT_ERR_FORMAT, CKT_ERR_TOO_LARGE. */
+ * over).  CKT_OK, CKT_ERR_FORMAT, CKT_ERR_TOO_LARGE, CKT_ERR_NOMEM. */
 int ckt_cert_describe_der(const uint8_t *der, size_t len,
                           struct ckt_cert_info *info);
 

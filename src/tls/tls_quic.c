@@ -1,14 +1,17 @@
 /* tls_quic.c — wolfSSL contexts and sessions for QUIC, with ckt's policy. */
 #include "tls_quic.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <ngtcp2/ngtcp2_crypto_wolfssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 
+#include "core_addr.h"
 #include "core_util.h"
 #include "tls_int.h"
+#include "tls_known.h"
 
 static const char suite_chacha[] = "TLS13-CHACHA20-POLY1305-SHA256";
 static const char suite_aes[] = "TLS13-AES128-GCM-SHA256";
@@ -42,10 +45,107 @@ static const char *verify_text(int wolf, int *err) {
   }
 }
 
+/* ---- known keys in the handshake ---------------------------------------- */
+
+/* The CTX ex_data slot holding a context's ckt_known store. */
+static pthread_once_t known_index_once = PTHREAD_ONCE_INIT;
+static int known_index = -1;
+
+static void make_known_index(void) {
+  known_index = wolfSSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static ckt_known *ctx_known(WOLFSSL_CTX *ctx) {
+  pthread_once(&known_index_once, make_known_index);
+  return ctx && known_index >= 0 ? wolfSSL_CTX_get_ex_data(ctx, known_index)
+                                 : NULL;
+}
+
+/* After a known-keys refusal wolfSSL would send bad_certificate (it picks
+ * the alert from its own error code).  The session's QUIC method is then
+ * swapped for this one, which reports access_denied instead: the peer's
+ * certificate was fine, our access control said no.  The handshake is
+ * over, so the other callbacks refuse any further work. */
+static int refused_secrets(WOLFSSL *ssl, WOLFSSL_ENCRYPTION_LEVEL level,
+                           const uint8_t *rx, const uint8_t *tx, size_t len) {
+  (void)ssl, (void)level, (void)rx, (void)tx, (void)len;
+  return 0;
+}
+
+static int refused_data(WOLFSSL *ssl, WOLFSSL_ENCRYPTION_LEVEL level,
+                        const uint8_t *data, size_t len) {
+  (void)ssl, (void)level, (void)data, (void)len;
+  return 0;
+}
+
+static int refused_flush(WOLFSSL *ssl) {
+  (void)ssl;
+  return 1;
+}
+
+static int refused_alert(WOLFSSL *ssl, WOLFSSL_ENCRYPTION_LEVEL level,
+                         uint8_t alert) {
+  ngtcp2_crypto_conn_ref *ref = wolfSSL_get_app_data(ssl);
+  ngtcp2_conn *conn = ref && ref->get_conn ? ref->get_conn(ref) : NULL;
+  (void)level, (void)alert;
+  if (conn) {
+    ngtcp2_conn_set_tls_alert(conn, CKT_TLS_ALERT_ACCESS_DENIED);
+  }
+  return 1;
+}
+
+static const WOLFSSL_QUIC_METHOD refused_method = {
+    refused_secrets, refused_data, refused_flush, refused_alert};
+
+/* The peer's address as its packets arrive ("127.0.0.1:40123"). */
+static void peer_host(ckt_tls_link *link, char *out, size_t outsz) {
+  ngtcp2_conn *conn =
+      link->ref.get_conn ? link->ref.get_conn(&link->ref) : NULL;
+  const ngtcp2_path *path = conn ? ngtcp2_conn_get_path(conn) : NULL;
+  ckt_addr a;
+  out[0] = 0;
+  if (!path || !path->remote.addr || path->remote.addrlen == 0 ||
+      path->remote.addrlen > sizeof(a.ss)) {
+    return;
+  }
+  memset(&a, 0, sizeof(a));
+  memcpy(&a.ss, path->remote.addr, path->remote.addrlen);
+  a.len = (socklen_t)path->remote.addrlen;
+  ckt_addr_format(&a, out, outsz);
+}
+
+/* The leaf passed every other check: consult the known keys, if any. */
+static int check_known(WOLFSSL *ssl, ckt_tls_link *link,
+                       const ckt_cert_info *info, int verified) {
+  ckt_known *known = ctx_known(wolfSSL_get_SSL_CTX(ssl));
+  char host[CKT_ADDR_STRLEN];
+  ckt_known_peer peer;
+  if (!known) {
+    return 1;
+  }
+  peer_host(link, host, sizeof(host));
+  peer.key = info->public_key;
+  peer.host = host;
+  peer.email = info->email;
+  peer.verified = verified;
+  if (ckt_known_check(known, &peer, link->why, sizeof(link->why)) == CKT_OK) {
+    link->why[0] = 0;
+    return 1;
+  }
+  link->verify_error = CKT_ERR_TLS;
+  (void)wolfSSL_set_quic_method(ssl, &refused_method);
+  return 0;
+}
+
+/* ---- the verify callback ------------------------------------------------ */
+
 /* Runs for every certificate of the peer's chain, on success too (our
- * wolfSSL is built with WOLFSSL_ALWAYS_VERIFY_CB): wolfSSL decided the
- * chain; we add the Ed25519-only rule and keep a sentence for the log. */
-static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store) {
+ * wolfSSL is built with WOLFSSL_ALWAYS_VERIFY_CB), the leaf (depth 0)
+ * last: wolfSSL decided the chain; we add the Ed25519-only rule, then the
+ * known keys, and keep a sentence for the log.  insecure: skip-verify,
+ * any issuer and date pass. */
+static int verify_common(int preverify, WOLFSSL_X509_STORE_CTX *store,
+                         int insecure) {
   WOLFSSL *ssl = wolfSSL_X509_STORE_CTX_get_ex_data(
       store, wolfSSL_get_ex_data_X509_STORE_CTX_idx());
   ckt_tls_link *link = ssl ? wolfSSL_get_app_data(ssl) : NULL;
@@ -67,23 +167,29 @@ static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store) {
             "has a key that is not Ed25519 (ckt accepts only Ed25519)");
     return 0;
   }
-  if (!preverify) {
+  if (!preverify && !insecure) {
     const char *what =
         verify_text(wolfSSL_X509_STORE_CTX_get_error(store), &err);
     set_why(link, err, side, what);
     return 0;
   }
   if (depth == 0 && link) {
+    /* Only a key whose whole chain held up is compared or recorded. */
+    if (link->verify_error || !check_known(ssl, link, &info, !insecure)) {
+      return 0;
+    }
     ckt_hex_encode(link->peer_key, info.public_key, CKT_ED25519_KEY_LEN, 0);
   }
   return 1;
 }
 
+static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store) {
+  return verify_common(preverify, store, 0);
+}
+
 /* INSECURE mode: keeps the Ed25519 rule, accepts any issuer and date. */
 static int verify_cb_insecure(int preverify, WOLFSSL_X509_STORE_CTX *store) {
-  int ok = verify_cb(1, store);
-  (void)preverify;
-  return ok;
+  return verify_common(preverify, store, 1);
 }
 
 static int load_identity(WOLFSSL_CTX *ctx, const ckt_tls_config *cfg) {
@@ -158,8 +264,18 @@ int ckt_tls_ctx_new(int server, const ckt_tls_config *cfg, WOLFSSL_CTX **out) {
       ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
       cfg->skip_verify ? verify_cb_insecure : verify_cb);
   if (server) {
-    /* No resumption: every connection proves its certificate again. */
+    /* No resumption: every connection proves its certificate again (and
+     * meets the known keys again). */
     wolfSSL_CTX_no_ticket_TLSv13(ctx);
+  }
+  if (cfg->known) {
+    pthread_once(&known_index_once, make_known_index);
+    if (known_index < 0 ||
+        wolfSSL_CTX_set_ex_data(ctx, known_index, cfg->known) !=
+            WOLFSSL_SUCCESS) {
+      rv = CKT_ERR_CRYPTO;
+      goto fail;
+    }
   }
   *out = ctx;
   return CKT_OK;
@@ -171,6 +287,7 @@ fail:
 
 void ckt_tls_ctx_free(WOLFSSL_CTX *ctx) {
   if (ctx) {
+    ckt_known_free(ctx_known(ctx));
     wolfSSL_CTX_free(ctx);
   }
 }
@@ -246,6 +363,9 @@ const char *ckt_tls_alert_text(uint8_t alert) {
     return "the peer says our certificate has expired";
   case 48:
     return "the peer does not trust our CA (unknown CA)";
+  case CKT_TLS_ALERT_ACCESS_DENIED:
+    return "the peer refused our key: it is not among its known keys "
+           "(lockdown)";
   case 112:
     return "the peer does not serve the name localhost";
   case 116:
@@ -262,6 +382,9 @@ const char *ckt_tls_refusal_text(uint8_t alert, int server) {
   case 40:
     return "no common cipher suite, group or signature algorithm (ckt "
            "needs Ed25519, X25519 and the same suite on both ends)";
+  case CKT_TLS_ALERT_ACCESS_DENIED:
+    return server ? "the client's key is not among our known keys"
+                  : "the server's key is not among our known keys";
   case 116:
     return server ? "the client presented no certificate"
                   : "the server presented no certificate";

@@ -31,6 +31,14 @@ typedef struct ckt_tls_config {
   size_t ca_len;
   int aes_gcm;     /* 0: TLS_CHACHA20_POLY1305_SHA256 only */
   int skip_verify; /* INSECURE: accept any peer certificate */
+  /* Known keys of the peers this context meets (tls_known.h): a server
+   * context's known client keys, a client context's known server keys;
+   * NULL: none.  On CKT_OK the context owns it (ckt_tls_ctx_free() frees
+   * it); on an error the caller still does.  Checked in the verify
+   * callback once the peer's certificate passed the CA check (in
+   * skip-verify mode too: listed keys pass, lockdown refuses the others,
+   * and nothing is recorded). */
+  struct ckt_known *known;
 } ckt_tls_config;
 
 /* Per-connection TLS state.  `ref` must stay the first member: ngtcp2's
@@ -62,8 +70,12 @@ int ckt_tls_alpn(WOLFSSL *ssl);
  * or "(none)". */
 const char *ckt_tls_suite(WOLFSSL *ssl);
 
+/* The alert a known-keys refusal sends (access_denied, RFC 8446 6.2: a
+ * valid certificate, but access control refused it). */
+#define CKT_TLS_ALERT_ACCESS_DENIED 49
+
 /* A sentence for a handshake the peer refused with TLS alert `alert`
- * (certificate_required, unknown_ca, ...). */
+ * (certificate_required, unknown_ca, access_denied, ...). */
 const char *ckt_tls_alert_text(uint8_t alert);
 
 /* Why this side refuses a handshake it aborts with `alert`, when no

@@ -742,8 +742,7 @@ void circuit_writable(ckt_stream *s, rxstate *rx) {
    * the connection that waits for room and now has it hears so. */
   for (o = pc ? pc->circuits : c; o; o = next) {
     next = o->pc_next;
-    if (o->want_writable && o->stream &&
-        ckt_stream_unacked(o->stream) < half) {
+    if (o->want_writable && o->stream && ckt_stream_unacked(o->stream) < half) {
       o->want_writable = 0;
       if (o->p && o->p->svc.writable) {
         o->p->svc.writable(o->p, o, o->p->user);

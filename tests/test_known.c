@@ -399,8 +399,8 @@ static ckt_known *store_open(const char *path, logbuf *log, int *rv) {
 Test(known, store_follows_the_file) {
   char path[400], why[192];
   uint8_t key1[32] = {1}, key2[32] = {2};
-  ckt_known_peer p1 = {key1, "127.0.0.1:1", "one@x", 1};
-  ckt_known_peer p2 = {key2, "127.0.0.1:2", "", 1};
+  ckt_known_peer p1 = {key1, "127.0.0.1:1", "one@x", 1, 0};
+  ckt_known_peer p2 = {key2, "127.0.0.1:2", "", 1, 0};
   logbuf log;
   ckt_known *k;
   int rv;
@@ -413,8 +413,15 @@ Test(known, store_follows_the_file) {
   cr_assert_eq(ckt_known_check(k, &p1, why, sizeof(why)), CKT_OK);
   cr_assert(!file_exists(path));
 
-  /* Appears, hand-written, without a final newline: TOFU appends below. */
+  /* Appears, hand-written, without a final newline: TOFU appends below,
+   * but not while the decision is deferred (the TLS layer decides before
+   * the peer proved it holds the key, and records after). */
   write_file(path, "# mine\n" KEY_A, 0644);
+  p1.defer_record = 1;
+  cr_assert_eq(ckt_known_check(k, &p1, why, sizeof(why)), CKT_OK);
+  cr_assert_eq(ckt_known_count(k), 1, "deferred: nothing recorded yet");
+  cr_assert_eq(count_lines_with(path, "one@x"), 0);
+  p1.defer_record = 0;
   cr_assert_eq(ckt_known_check(k, &p1, why, sizeof(why)), CKT_OK);
   cr_assert_eq(ckt_known_count(k), 2);
   cr_assert_eq(ckt_known_check(k, &p1, why, sizeof(why)), CKT_OK);

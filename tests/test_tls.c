@@ -610,3 +610,153 @@ Test(tls, fixed_serial_and_validity_make_the_same_certificate) {
   o.serial_len = 21;
   cr_assert_eq(ckt_cert_make_ca(&k, &o, &a, &alen), CKT_ERR_INVALID_ARGUMENT);
 }
+
+/* ---- the pre-shared-key layer's cryptography ----------------------------- */
+
+#include "tls_psk.h"
+
+static void psk_key(ckt_ed25519_key *k, uint8_t fill) {
+  uint8_t sk[crypto_sign_SECRETKEYBYTES];
+  memset(k->seed, fill, sizeof(k->seed));
+  crypto_sign_seed_keypair(k->pub, sk, k->seed);
+}
+
+typedef struct psk_pair {
+  ckt_ed25519_key ck, sk; /* client's and server's identity keys */
+  ckt_psk_hs c, s;
+} psk_pair;
+
+/* Both handshakes, HELLOs exchanged; returns hello_accept's codes. */
+static void psk_pair_init(psk_pair *p, const char *cpsk, const char *spsk,
+                          uint8_t cexp, uint8_t sexp, int *crv, int *srv) {
+  uint8_t e1[32], e2[32], seed1[32], seed2[32];
+  uint8_t hc[CKT_PSK_HELLO_LEN], hs[CKT_PSK_HELLO_LEN];
+  psk_key(&p->ck, 1);
+  psk_key(&p->sk, 2);
+  memset(e1, cexp, sizeof(e1));
+  memset(e2, sexp, sizeof(e2));
+  memset(seed1, 3, sizeof(seed1));
+  memset(seed2, 4, sizeof(seed2));
+  cr_assert_eq(
+      ckt_psk_hs_init(&p->c, (const uint8_t *)cpsk, strlen(cpsk), 1, e1, seed1),
+      CKT_OK);
+  cr_assert_eq(
+      ckt_psk_hs_init(&p->s, (const uint8_t *)spsk, strlen(spsk), 0, e2, seed2),
+      CKT_OK);
+  cr_assert_eq(ckt_psk_hello_encode(&p->c, &p->ck, hc), CKT_OK);
+  cr_assert_eq(ckt_psk_hello_encode(&p->s, &p->sk, hs), CKT_OK);
+  *srv = ckt_psk_hello_accept(&p->s, hc, p->ck.pub);
+  *crv = ckt_psk_hello_accept(&p->c, hs, p->sk.pub);
+}
+
+#define PSK_A "0123456789abcdef0123456789abcdef"
+#define PSK_B "0123456789abcdef0123456789abcdeX"
+
+Test(tls, psk_handshake_confirms_and_seals_both_ways) {
+  psk_pair p;
+  uint8_t conf[CKT_PSK_CONFIRM_LEN], r[16] = {0};
+  ckt_buf sealed, opened;
+  int crv, srv;
+  psk_pair_init(&p, PSK_A, PSK_A, 9, 9, &crv, &srv);
+  cr_assert_eq(crv, CKT_OK);
+  cr_assert_eq(srv, CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_encode(&p.c, r, conf), CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_check(&p.s, conf), CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_encode(&p.s, r, conf), CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_check(&p.c, conf), CKT_OK);
+  /* A frame each way; the counter makes every nonce new. */
+  ckt_buf_init(&sealed, 1 << 16);
+  ckt_buf_init(&opened, 1 << 16);
+  cr_assert_eq(ckt_psk_seal(&p.c, 2, (const uint8_t *)"hello", 5, r, &sealed),
+               CKT_OK);
+  cr_assert_eq(sealed.len, 5 + CKT_PSK_OVERHEAD);
+  cr_assert_eq(sealed.data[0], 1, "the counter: one frame before this one");
+  cr_assert_eq(ckt_psk_open(&p.s, 2, sealed.data, sealed.len, &opened), CKT_OK);
+  cr_assert_eq(opened.len, 5);
+  cr_assert(memcmp(opened.data, "hello", 5) == 0);
+  /* Another frame type, the wrong direction, or one flipped bit: refused,
+   * and out is left as it was. */
+  cr_assert_eq(ckt_psk_open(&p.s, 1, sealed.data, sealed.len, &opened),
+               CKT_ERR_PSK);
+  cr_assert_eq(ckt_psk_open(&p.c, 2, sealed.data, sealed.len, &opened),
+               CKT_ERR_PSK);
+  sealed.data[30] ^= 1;
+  cr_assert_eq(ckt_psk_open(&p.s, 2, sealed.data, sealed.len, &opened),
+               CKT_ERR_PSK);
+  cr_assert_eq(opened.len, 5);
+  cr_assert_eq(ckt_psk_open(&p.s, 2, sealed.data, 10, &opened), CKT_ERR_PSK);
+  sealed.len = 0;
+  cr_assert_eq(ckt_psk_seal(&p.s, 2, (const uint8_t *)"back", 4, r, &sealed),
+               CKT_OK);
+  opened.len = 0;
+  cr_assert_eq(ckt_psk_open(&p.c, 2, sealed.data, sealed.len, &opened), CKT_OK);
+  cr_assert(opened.len == 4 && memcmp(opened.data, "back", 4) == 0);
+  ckt_buf_free(&sealed);
+  ckt_buf_free(&opened);
+  ckt_psk_hs_wipe(&p.c);
+  ckt_psk_hs_wipe(&p.s);
+}
+
+Test(tls, psk_that_differs_fails_the_confirm_on_both_sides) {
+  psk_pair p;
+  uint8_t conf[CKT_PSK_CONFIRM_LEN], r[16] = {0};
+  int crv, srv;
+  psk_pair_init(&p, PSK_A, PSK_B, 9, 9, &crv, &srv);
+  cr_assert_eq(crv, CKT_OK); /* the HELLOs verify: TLS identities hold */
+  cr_assert_eq(srv, CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_encode(&p.c, r, conf), CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_check(&p.s, conf), CKT_ERR_PSK);
+  cr_assert_eq(ckt_psk_confirm_encode(&p.s, r, conf), CKT_OK);
+  cr_assert_eq(ckt_psk_confirm_check(&p.c, conf), CKT_ERR_PSK);
+}
+
+Test(tls, psk_hello_is_bound_to_the_identity_and_the_tls_session) {
+  psk_pair p;
+  ckt_ed25519_key other;
+  uint8_t hello[CKT_PSK_HELLO_LEN], seed[32], exp[32];
+  ckt_psk_hs h;
+  int crv, srv;
+  /* Another TLS session (exporter): the HELLOs do not verify. */
+  psk_pair_init(&p, PSK_A, PSK_A, 9, 8, &crv, &srv);
+  cr_assert_eq(crv, CKT_ERR_PSK);
+  cr_assert_eq(srv, CKT_ERR_PSK);
+  /* Signed by a key other than the one TLS authenticated. */
+  psk_key(&other, 7);
+  memset(seed, 5, sizeof(seed));
+  memset(exp, 9, sizeof(exp));
+  cr_assert_eq(ckt_psk_hs_init(&h, (const uint8_t *)PSK_A, 32, 1, exp, seed),
+               CKT_OK);
+  cr_assert_eq(ckt_psk_hello_encode(&h, &other, hello), CKT_OK);
+  psk_pair_init(&p, PSK_A, PSK_A, 9, 9, &crv, &srv);
+  cr_assert_eq(ckt_psk_hello_accept(&p.s, hello, p.ck.pub), CKT_ERR_PSK);
+  /* Not a HELLO at all. */
+  hello[0] = 'X';
+  cr_assert_eq(ckt_psk_hello_accept(&p.s, hello, other.pub), CKT_ERR_FORMAT);
+  /* A low-order ephemeral key, properly signed: refused. */
+  memset(h.eph_pk, 0, sizeof(h.eph_pk));
+  cr_assert_eq(ckt_psk_hello_encode(&h, &other, hello), CKT_OK);
+  cr_assert_eq(ckt_psk_hello_accept(&p.s, hello, other.pub), CKT_ERR_PSK);
+  /* No keys, no sealing. */
+  cr_assert_eq(ckt_psk_confirm_check(&h, hello), CKT_ERR_INVALID_ARGUMENT);
+  cr_assert_eq(ckt_psk_hs_init(&h, (const uint8_t *)"short", 5, 1, exp, seed),
+               CKT_ERR_INVALID_ARGUMENT);
+}
+
+Test(tls, psk_files_hold_32_to_64_bytes) {
+  char path[] = "/tmp/ckt-test-psk-XXXXXX";
+  uint8_t psk[CKT_PSK_MAX], data[80];
+  size_t len = 0;
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  memset(data, 0x5a, sizeof(data));
+  cr_assert_eq(write(fd, data, 31), 31);
+  cr_assert_eq(ckt_psk_load(path, psk, &len), CKT_ERR_FORMAT);
+  cr_assert_eq(write(fd, data, 1), 1);
+  cr_assert_eq(ckt_psk_load(path, psk, &len), CKT_OK);
+  cr_assert_eq(len, 32);
+  cr_assert_eq(write(fd, data, 33), 33);
+  cr_assert_eq(ckt_psk_load(path, psk, &len), CKT_ERR_FORMAT);
+  close(fd);
+  unlink(path);
+  cr_assert_eq(ckt_psk_load(path, psk, &len), CKT_ERR_NOT_FOUND);
+}

@@ -84,7 +84,10 @@ enum {
   /* A known-keys file is read-only (lockdown) and lists no key: no peer
    * could ever be accepted, so the node refuses to start.  Add keys to it
    * or make it writable (docs/identity.md, "Known keys"). */
-  CKT_ERR_LOCKED_OUT = -26
+  CKT_ERR_LOCKED_OUT = -26,
+  /* The pre-shared-key layer failed: the peer's PSK differs from ours, or
+   * one side has none, or a sealed frame did not open. */
+  CKT_ERR_PSK = -27
 };
 
 /* Returns a static, human-readable description of an error code.

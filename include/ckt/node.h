@@ -102,7 +102,8 @@ typedef struct ckt_node_config {
   /* Bytes a circuit may have sent but not yet acknowledged before
    * ckt_circuit_send() says CKT_ERR_AGAIN (0: CKT_CIRCUIT_QUEUE_MAX). */
   uint64_t max_queued_per_circuit;
-  /* The same for a whole connection (0: 64 MiB). */
+  /* The same for a whole connection (0: 64 MiB; never less than the
+   * largest frame, max_message_size and a header). */
   uint64_t max_queued_per_connection;
   /* Log lines (refused handshakes, lost peers, warnings); NULL: stderr. */
   void (*log)(void *user, const char *line);

@@ -55,6 +55,8 @@ const char *ckt_strerror(int err) {
     return "no such service on the remote node";
   case CKT_ERR_LIMIT:
     return "a configured limit was reached";
+  case CKT_ERR_PSK:
+    return "the pre-shared keys differ (or one side has none)";
   case CKT_ERR_LOCKED_OUT:
     return "the known-keys file is read-only and lists no key: no peer could "
            "ever be accepted";

@@ -1490,6 +1490,9 @@ static int node_alloc(const ckt_node_config *cfg, int default_certs,
   n->circuit_queue_max = cfg->max_queued_per_circuit
                              ? cfg->max_queued_per_circuit
                              : CKT_CIRCUIT_QUEUE_MAX;
+  if (n->circuit_queue_max > (1ull << 40)) {
+    n->circuit_queue_max = 1ull << 40; /* no overflow in what is added */
+  }
   n->frame_max = ckt_message_encoded_max(&n->lim);
   if (ckt_fragment_encoded_max(&n->flim) > n->frame_max) {
     n->frame_max = ckt_fragment_encoded_max(&n->flim);
@@ -1551,6 +1554,10 @@ static int node_endpoint(ckt_node *n, const ckt_addr *local,
   ec.handshake_rate = n->cfg.max_handshakes_per_second;
   ec.max_streams = n->cfg.max_circuits_per_connection;
   ec.max_queued = n->cfg.max_queued_per_connection;
+  if (ec.max_queued && ec.max_queued < n->frame_max + CKT_FRAME_HEADER_LEN) {
+    /* Smaller, and the largest frame could never be written. */
+    ec.max_queued = n->frame_max + CKT_FRAME_HEADER_LEN;
+  }
   ec.no_loopback_shortcuts = n->sim_host != NULL;
   memcpy(ec.static_secret, secret, CKT_STATIC_SECRET_LEN);
   ec.cb.conn_ready = on_conn_ready;

@@ -31,7 +31,10 @@
  * stateless reset (each check scans the connections). */
 #define RESET_SCAN_RATE 1000.0
 /* The share of the loop's time that Initials for no connection may take,
- * and the most they may take at once (about 300 handshakes' worth).
+ * and the most they may take at once (about 300 handshakes' worth); those
+ * with a Retry token have a share of their own.  Every such Initial pays,
+ * real clients' too: under a flood of junk, new clients wait (they resend)
+ * while the connections we have keep going.
  * Accepting, refusing or answering one with a Retry derives its keys,
  * ~30 us with our patched wolfSSL 5.5.4 (~150 us without the HKDF patch
  * in scripts/patches): a flood of junk Initials would otherwise
@@ -75,6 +78,7 @@ struct ckt_conn {
   void *user;
   uint64_t serial;
   int client, ready, dead, notified;
+  int validated;    /* server: the client's address is proven (Retry token) */
   int confirmed;    /* the handshake is confirmed: no more padded packets */
   int loopback;     /* the peer is on this host: big packets, no pacing */
   uint64_t unacked; /* bytes written on its streams, not yet acknowledged */
@@ -106,7 +110,8 @@ struct ckt_endpoint {
   double scan_tokens;
   uint64_t scan_ts;
   double accept_credit; /* ns that Initials for no connection may take */
-  uint64_t accept_ts;
+  double token_credit;  /* the same for those carrying a Retry token */
+  uint64_t accept_ts[2];
   double hs_tokens; /* new handshakes allowed now without a Retry */
   uint64_t hs_ts;
   uint8_t tx[TX_BUF];
@@ -476,7 +481,7 @@ static void conn_drained(ckt_conn *c) {
     snprintf(why, sizeof(why),
              "%s refused the connection: it is at one of its limits "
              "(connections, handshakes in progress, or connections from "
-             "our address)",
+             "our address), or our address token was not valid",
              who);
     err = CKT_ERR_CONNECTION;
   } else if (ccerr.type ==
@@ -721,6 +726,11 @@ static int cb_handshake_completed(ngtcp2_conn *q, void *user) {
   ckt_conn *c = user;
   ckt_endpoint *ep = c->ep;
   (void)q;
+  /* Known keys are recorded only now that the peer proved it holds its
+   * key (its CertificateVerify checked). */
+  if (ckt_tls_handshake_done(c->ssl, &c->link) != CKT_OK) {
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
   if (!c->client) {
     /* RFC 9001 8.1: a QUIC handshake without ALPN is refused. */
     if (ckt_tls_alpn(c->ssl) == 0) {
@@ -1119,12 +1129,16 @@ static int same_ip(const ckt_addr *a, const ckt_addr *b) {
                 &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, 16) == 0;
 }
 
-/* Connections we accepted from from's IP address (any port). */
+/* Connections we accepted from from's IP address (any port) whose
+ * address is proven: handshakes done, or begun with a Retry token.  (A
+ * handshake still in progress from an unproven address may be spoofed:
+ * counting it would let strangers lock an address out.) */
 static size_t accepted_from(const ckt_endpoint *ep, const ckt_addr *from) {
   const ckt_conn *c;
   size_t n = 0;
   for (c = ep->conns; c; c = c->next) {
-    n += !c->client && !c->dead && same_ip(&c->peer, from);
+    n += !c->client && !c->dead && (c->ready || c->validated) &&
+         same_ip(&c->peer, from);
   }
   return n;
 }
@@ -1194,6 +1208,7 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
   if (!c) {
     return;
   }
+  c->validated = params.retry_scid_present;
   do {
     new_cid(ep, &scid, CKT_SCID_LEN);
   } while (ckt_cidmap_get(&ep->map, scid.data, scid.datalen));
@@ -1246,17 +1261,22 @@ static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
 static void accept_budgeted(ckt_endpoint *ep, const ckt_addr *from,
                             const uint8_t *data, size_t len) {
   uint64_t t = now(ep);
-  ep->accept_credit += (double)(t - ep->accept_ts) * ACCEPT_SHARE;
-  if (ep->accept_credit > ACCEPT_BURST_NS) {
-    ep->accept_credit = ACCEPT_BURST_NS;
+  ngtcp2_pkt_hd hd;
+  /* Initials that carry a token (clients answering our Retry) draw from a
+   * budget of their own: a flood of tokenless junk cannot starve them. */
+  int tok = ngtcp2_accept(&hd, data, len) == 0 && hd.token.len > 0;
+  double *credit = tok ? &ep->token_credit : &ep->accept_credit;
+  *credit += (double)(t - ep->accept_ts[tok]) * ACCEPT_SHARE;
+  if (*credit > ACCEPT_BURST_NS) {
+    *credit = ACCEPT_BURST_NS;
   }
-  ep->accept_ts = t;
-  if (ep->accept_credit <= 0) {
+  ep->accept_ts[tok] = t;
+  if (*credit <= 0) {
     CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     return;
   }
   accept_conn(ep, from, data, len);
-  ep->accept_credit -= (double)(now(ep) - t);
+  *credit -= (double)(now(ep) - t);
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -1500,8 +1520,8 @@ int ckt_endpoint_new(ckt_runtime *rt, const ckt_addr *local,
   }
   ep->reset_tokens = RESET_RATE;
   ep->reset_ts = now(ep);
-  ep->accept_credit = ACCEPT_BURST_NS;
-  ep->accept_ts = ep->reset_ts;
+  ep->accept_credit = ep->token_credit = ACCEPT_BURST_NS;
+  ep->accept_ts[0] = ep->accept_ts[1] = ep->reset_ts;
   ep->hs_tokens = ep->cfg.handshake_rate;
   ep->hs_ts = ep->reset_ts;
   random_bytes(ep, (uint8_t *)&seed, sizeof(seed));

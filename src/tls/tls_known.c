@@ -759,6 +759,9 @@ static int check_locked(ckt_known *k, const ckt_known_peer *p, const char *hex,
   if (read_only(&st)) {
     goto lockdown;
   }
+  if (p->defer_record) {
+    return CKT_OK; /* decided again, and recorded, after the handshake */
+  }
   if (!p->verified) {
     klog(k,
          "accepted %s key %s from %s without recording it in %s: "
@@ -767,10 +770,21 @@ static int check_locked(ckt_known *k, const ckt_known_peer *p, const char *hex,
     return CKT_OK;
   }
   switch ((rv = record(k, p, msg, sizeof(msg)))) {
-  case RECORDED:
+  case RECORDED: {
+    /* The email comes from a certificate: printable characters only. */
+    char email[256];
+    size_t i;
+    snprintf(email, sizeof(email), "%s",
+             p->email && p->email[0] ? p->email : "no email");
+    for (i = 0; email[i]; i++) {
+      if ((unsigned char)email[i] < 0x21 || (unsigned char)email[i] > 0x7e) {
+        email[i] = '?';
+      }
+    }
     klog(k, "recorded new %s key %s from %s (%s) in %s", k->role, hex, host,
-         p->email && p->email[0] ? p->email : "no email", k->path);
+         email, k->path);
     return CKT_OK;
+  }
   case ALREADY_KNOWN: /* another process recorded it meanwhile */
     return CKT_OK;
   case LOCKED_NOW: /* chmod a-w since our stat */

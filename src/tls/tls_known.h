@@ -115,6 +115,11 @@ typedef struct ckt_known_peer {
   /* 0 in skip-verify mode: the key was not checked against the CA, so it
    * is compared but never recorded. */
   int verified;
+  /* 1: a new key in a writable file is accepted but not recorded yet.
+   * The TLS layer decides in the certificate callback, before the peer's
+   * CertificateVerify proved it holds the private key, and calls again
+   * with 0 once the handshake is complete: only then is a key recorded. */
+  int defer_record;
 } ckt_known_peer;
 
 /* Decides whether the peer may pass, recording its key when the file is

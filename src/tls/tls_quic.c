@@ -128,8 +128,14 @@ static int check_known(WOLFSSL *ssl, ckt_tls_link *link,
   peer.host = host;
   peer.email = info->email;
   peer.verified = verified;
+  peer.defer_record = 1; /* CertificateVerify has not been checked yet */
   if (ckt_known_check(known, &peer, link->why, sizeof(link->why)) == CKT_OK) {
     link->why[0] = 0;
+    link->known_pending = 1;
+    link->known_verified = verified;
+    memcpy(link->known_key, info->public_key, CKT_ED25519_KEY_LEN);
+    snprintf(link->known_host, sizeof(link->known_host), "%s", host);
+    snprintf(link->known_email, sizeof(link->known_email), "%s", info->email);
     return 1;
   }
   link->verify_error = CKT_ERR_TLS;
@@ -173,7 +179,10 @@ static int verify_common(int preverify, WOLFSSL_X509_STORE_CTX *store,
     set_why(link, err, side, what);
     return 0;
   }
-  if (depth == 0 && link) {
+  if (depth == 0 && !link) {
+    return 0; /* no link, no known-keys decision: refuse */
+  }
+  if (depth == 0) {
     /* Only a key whose whole chain held up is compared or recorded. */
     if (link->verify_error || !check_known(ssl, link, &info, !insecure)) {
       return 0;
@@ -393,4 +402,27 @@ const char *ckt_tls_refusal_text(uint8_t alert, int server) {
   default:
     return "TLS handshake failed";
   }
+}
+
+int ckt_tls_handshake_done(WOLFSSL *ssl, ckt_tls_link *link) {
+  ckt_known *known;
+  ckt_known_peer peer;
+  if (!link->known_pending) {
+    return CKT_OK;
+  }
+  link->known_pending = 0;
+  known = ctx_known(wolfSSL_get_SSL_CTX(ssl));
+  if (!known) {
+    return CKT_OK;
+  }
+  memset(&peer, 0, sizeof(peer));
+  peer.key = link->known_key;
+  peer.host = link->known_host;
+  peer.email = link->known_email;
+  peer.verified = link->known_verified;
+  if (ckt_known_check(known, &peer, link->why, sizeof(link->why)) != CKT_OK) {
+    link->verify_error = CKT_ERR_TLS;
+    return CKT_ERR_TLS;
+  }
+  return CKT_OK;
 }

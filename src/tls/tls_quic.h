@@ -49,6 +49,12 @@ typedef struct ckt_tls_link {
   int verify_error;  /* CKT_ERR_* from our certificate checks, 0 if none */
   char why[192];     /* one sentence for the log and the peer */
   char peer_key[65]; /* hex Ed25519 key of the verified peer */
+  /* A key the known-keys file may record once the handshake completes
+   * (the peer has then proved it holds the private key). */
+  int known_pending, known_verified;
+  uint8_t known_key[CKT_ED25519_KEY_LEN];
+  char known_host[72];
+  char known_email[128];
 } ckt_tls_link;
 
 /* Makes a QUIC-ready context for the server (server != 0) or client role.
@@ -61,6 +67,12 @@ void ckt_tls_ctx_free(WOLFSSL_CTX *ctx);
  * CKT_OK, CKT_ERR_NOMEM, CKT_ERR_CRYPTO. */
 int ckt_tls_session_new(WOLFSSL_CTX *ctx, int server, ckt_tls_link *link,
                         WOLFSSL **out);
+
+/* The handshake is complete: records the peer's key in a writable
+ * known-keys file if it is new (decided again: the file may have become
+ * read-only meanwhile).  CKT_OK, or CKT_ERR_TLS with link->why set: the
+ * connection must be closed. */
+int ckt_tls_handshake_done(WOLFSSL *ssl, ckt_tls_link *link);
 
 /* Which application protocol the handshake agreed on: 1 for ckt/1, 0 for
  * none (the ALPN dispatch point). */

@@ -32,7 +32,10 @@ typedef struct outcome {
   uint8_t types[MAX_FRAMES];
   uint64_t hashes[MAX_FRAMES];
   size_t lens[MAX_FRAMES];
-  int err; /* the error that ended the read, 0 if none */
+  int err;                  /* the error that ended the read, 0 if none */
+  size_t hdr_got, body_got; /* what was left waiting for more bytes */
+  uint64_t credit;          /* bytes the reader said it consumed */
+  size_t consumed;          /* bytes it took from the input */
 } outcome;
 
 static uint64_t hash(const uint8_t *p, size_t n) {
@@ -70,9 +73,11 @@ static void read_all(ckt_node *n, const uint8_t *data, size_t size,
     size_t len = piece < size - off ? piece : size - off;
     off += len;
     while (len > 0 && !o->err) {
+      size_t before = len;
       uint8_t type = 0;
       ckt_buf body;
       int rv = node_rx_frame(n, &rx, &p, &len, &type, &body);
+      o->consumed += before - len;
       if (rv < 0) {
         o->err = rv;
       } else if (rv == 1) {
@@ -90,6 +95,9 @@ static void read_all(ckt_node *n, const uint8_t *data, size_t size,
       }
     }
   }
+  o->hdr_got = rx.hdr_got;
+  o->body_got = rx.body.len;
+  o->credit = rx.credit;
   node_rx_clear(&rx);
 }
 
@@ -101,8 +109,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) {
     return 0;
   }
-  /* The first byte says how many of the following bytes are piece sizes. */
-  ncuts = data[0] % 8;
+  /* The first byte says how many of the following bytes are piece sizes
+   * (at least one: with none both reads would be the same). */
+  ncuts = data[0] % 8 + 1;
   if (size < 1 + ncuts) {
     return 0;
   }
@@ -111,6 +120,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   read_all(&n, data + 1 + ncuts, size - 1 - ncuts, NULL, 0, &whole);
   read_all(&n, data + 1 + ncuts, size - 1 - ncuts, data + 1, ncuts, &pieces);
   if (whole.err != pieces.err || whole.nframes != pieces.nframes) {
+    abort();
+  }
+  /* The same state left waiting, and credit for every byte taken. */
+  if (!whole.err &&
+      (whole.hdr_got != pieces.hdr_got || whole.body_got != pieces.body_got ||
+       whole.consumed != pieces.consumed)) {
+    abort();
+  }
+  if (whole.credit != whole.consumed || pieces.credit != pieces.consumed) {
     abort();
   }
   for (int i = 0; i < whole.nframes; i++) {

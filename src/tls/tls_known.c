@@ -295,7 +295,7 @@ struct ckt_known {
   dev_t dev;
   ino_t ino;
   off_t size;
-  struct timespec mtime;
+  struct timespec mtime, ctime;
 };
 
 enum { FILE_PRESENT = 0, FILE_ABSENT = 1 };
@@ -323,7 +323,10 @@ static int read_only(const struct stat *st) {
 static int same_file(const ckt_known *k, const struct stat *st) {
   return k->loaded && k->dev == st->st_dev && k->ino == st->st_ino &&
          k->size == st->st_size && k->mtime.tv_sec == st->st_mtim.tv_sec &&
-         k->mtime.tv_nsec == st->st_mtim.tv_nsec;
+         k->mtime.tv_nsec == st->st_mtim.tv_nsec &&
+         /* ctime too: `cp -p` or an edit within one mtime tick */
+         k->ctime.tv_sec == st->st_ctim.tv_sec &&
+         k->ctime.tv_nsec == st->st_ctim.tv_nsec;
 }
 
 static void remember_file(ckt_known *k, const struct stat *st) {
@@ -332,6 +335,7 @@ static void remember_file(ckt_known *k, const struct stat *st) {
   k->ino = st->st_ino;
   k->size = st->st_size;
   k->mtime = st->st_mtim;
+  k->ctime = st->st_ctim;
 }
 
 static int key_cmp(const void *a, const void *b) {

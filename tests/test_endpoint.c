@@ -126,13 +126,14 @@ typedef struct client {
   int fins;
 } client;
 
-static void c_ready(ckt_conn *c, void *user) {
+static int c_ready(ckt_conn *c, void *user) {
   client *cl = user;
   cl->conn = c;
   pthread_mutex_lock(&cl->mu);
   cl->ready = 1;
   pthread_cond_broadcast(&cl->cv);
   pthread_mutex_unlock(&cl->mu);
+  return 0;
 }
 
 static void c_closed(ckt_conn *c, int err, const char *why, void *user) {

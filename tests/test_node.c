@@ -70,6 +70,7 @@ typedef struct node_opts {
   logbuf *log;
   size_t per_address;
   uint32_t handshake_rate;
+  const char *psk; /* a pre-shared key file */
 } node_opts;
 
 static ckt_node *start_node(const node_opts *o, char *addr, size_t addr_sz) {
@@ -88,6 +89,7 @@ static ckt_node *start_node(const node_opts *o, char *addr, size_t addr_sz) {
   cfg.call_timeout_ms = o->call_timeout_ms;
   cfg.max_connections_per_address = o->per_address;
   cfg.max_handshakes_per_second = o->handshake_rate;
+  cfg.psk_file = o->psk;
   if (o->log) {
     cfg.log = log_line;
     cfg.log_user = o->log;
@@ -882,5 +884,109 @@ Test(node, past_the_handshake_rate_clients_prove_their_address_first) {
   for (int i = 0; i < 3; i++) {
     ckt_node_free(cl[i]);
   }
+  ckt_node_free(srv);
+}
+
+static void write_psk(const char *name, char fill, char *path, size_t size) {
+  char data[32];
+  FILE *f;
+  /* Next to the test's certificates (the workers see them through the
+   * environment). */
+  snprintf(path, size, "%s/%s", getenv("CKT_TEST_CERTS_A"), name);
+  memset(data, fill, sizeof(data));
+  f = fopen(path, "wb");
+  cr_assert_not_null(f);
+  cr_assert_eq(fwrite(data, 1, sizeof(data), f), sizeof(data));
+  fclose(f);
+}
+
+Test(node, a_shared_psk_seals_every_frame_and_calls_work) {
+  char psk[700], saddr[64];
+  node_opts so = {.serve = 1}, co = {.call_timeout_ms = 3000};
+  ckt_node *srv, *cl;
+  ckt_message *reply = NULL;
+  write_psk("psk-a", 'a', psk, sizeof(psk));
+  so.psk = co.psk = psk;
+  srv = start_node(&so, saddr, sizeof(saddr));
+  cl = start_node(&co, NULL, 0);
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  for (int i = 0; i < 20; i++) {
+    cr_assert_eq(call(cl, saddr, "echo", "sealed", 3000, &reply), CKT_OK, "%s",
+                 reply && reply->err ? reply->err : "");
+    cr_assert_eq(reply->payload_len, 6);
+    cr_assert(memcmp(reply->payload, "sealed", 6) == 0);
+    ckt_message_free(reply);
+  }
+  ckt_node_free(cl);
+  ckt_node_free(srv);
+}
+
+static void psk_refused(const char *cpsk, const char *spsk, const char *want) {
+  char saddr[64];
+  logbuf slog;
+  node_opts so = {.serve = 1, .psk = spsk, .log = &slog};
+  node_opts co = {.call_timeout_ms = 3000, .psk = cpsk};
+  ckt_node *srv, *cl;
+  ckt_message *reply = NULL;
+  int rv;
+  logbuf_init(&slog);
+  srv = start_node(&so, saddr, sizeof(saddr));
+  cl = start_node(&co, NULL, 0);
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  rv = call(cl, saddr, "echo", "hi", 3000, &reply);
+  cr_assert_neq(rv, CKT_OK);
+  cr_assert(reply && reply->err && strstr(reply->err, want), "client hears: %s",
+            reply && reply->err ? reply->err : "");
+  ckt_message_free(reply);
+  for (int i = 0; i < 300 && !log_has(&slog, "pre-shared"); i++) {
+    usleep(10 * 1000);
+  }
+  cr_assert(log_has(&slog, "pre-shared"), "server log: %s", slog.text);
+  ckt_node_free(cl);
+  ckt_node_free(srv);
+}
+
+Test(node, a_different_psk_is_refused_on_both_sides) {
+  char a[700], b[700];
+  write_psk("psk-a2", 'a', a, sizeof(a));
+  write_psk("psk-b2", 'b', b, sizeof(b));
+  psk_refused(a, b, "pre-shared keys differ");
+}
+
+Test(node, a_psk_on_one_side_only_is_refused_on_both_sides) {
+  char a[700];
+  write_psk("psk-a3", 'a', a, sizeof(a));
+  psk_refused(NULL, a, "pre-shared");
+}
+
+Test(node, a_psk_on_the_client_only_is_refused_on_both_sides) {
+  char a[700];
+  write_psk("psk-a4", 'a', a, sizeof(a));
+  psk_refused(a, NULL, "pre-shared");
+}
+
+Test(node, oneway_and_push_work_under_a_psk) {
+  char psk[700], saddr[64];
+  node_opts so = {.serve = 1}, co = {.call_timeout_ms = 3000};
+  ckt_node *srv, *cl;
+  ckt_message *reply = NULL;
+  inbox box;
+  write_psk("psk-a5", 'a', psk, sizeof(psk));
+  so.psk = co.psk = psk;
+  srv = start_node(&so, saddr, sizeof(saddr));
+  cl = start_node(&co, NULL, 0);
+  memset(&box, 0, sizeof(box));
+  pthread_mutex_init(&box.mu, NULL);
+  pthread_cond_init(&box.cv, NULL);
+  ckt_node_register_oneway(srv, "sink", inbox_put, &box);
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  cr_assert_eq(call(cl, saddr, "echo", "x", 3000, &reply), CKT_OK);
+  ckt_message_free(reply);
+  for (int i = 0; i < 5; i++) {
+    cr_assert_eq(ckt_node_send(cl, saddr, request("sink", "m", 1)), CKT_OK);
+  }
+  cr_assert_eq(inbox_wait(&box, 5, 3000), 5,
+               "one-way messages sealed and opened");
+  ckt_node_free(cl);
   ckt_node_free(srv);
 }

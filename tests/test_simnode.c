@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ckt/ckt.h"
 
@@ -544,4 +545,37 @@ Test(simnode, a_connection_carries_at_most_the_configured_circuits_at_once) {
   cr_assert_eq(w.s[1].got, 6, "got %lu", (unsigned long)w.s[1].got);
   cr_assert_eq(w.s[0].closed, 2);
   world_free(&w);
+}
+
+static char psk_path[64];
+
+static void with_psk(ckt_node_config *cfg) {
+  cfg->psk_file = psk_path;
+}
+
+static uint64_t psk_run(uint64_t seed) {
+  world w;
+  uint64_t trace;
+  world_init_cfg(&w, seed, 2, with_psk);
+  send_n(open_to(&w, 0, 1), 0, 50);
+  send_n(open_to(&w, 1, 0), 0, 20);
+  run_for(&w, 2 * CKT_SIM_S);
+  cr_assert_eq(w.s[1].got, 50);
+  cr_assert_eq(w.s[0].got, 20);
+  cr_assert_eq(w.s[0].misordered + w.s[1].misordered, 0);
+  cr_assert_eq(w.s[0].closed + w.s[1].closed, 0);
+  trace = ckt_sim_trace(w.sim);
+  world_free(&w);
+  return trace;
+}
+
+Test(simnode, circuits_run_sealed_under_a_psk_and_replay) {
+  FILE *f;
+  snprintf(psk_path, sizeof(psk_path), "/tmp/ckt-simnode-psk-%d", getpid());
+  f = fopen(psk_path, "wb");
+  cr_assert_not_null(f);
+  cr_assert_eq(fwrite("0123456789abcdef0123456789abcdef", 1, 32, f), 32);
+  fclose(f);
+  cr_assert_eq(psk_run(21), psk_run(21), "the PSK layer draws from the seed");
+  unlink(psk_path);
 }

@@ -297,6 +297,9 @@ size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
       {"known-servers", CMD_STRING, &o->known_servers, 0, 0, "FILE",
        "known server keys, checked when dialing (default:\n"
        "DIR/known_server_keys), the same rules"},
+      {"psk", CMD_STRING, &o->psk, 0, 0, "FILE",
+       "pre-shared key (selfy -gensym): peers must hold the\n"
+       "same file; every frame is sealed with it"},
       {"passfile", CMD_STRING, &o->passfile, 0, 0, "FILE",
        "passphrase of an encrypted key (else $CKT_PASSPHRASE\nor the "
        "terminal)"},
@@ -319,6 +322,7 @@ void cmd_node_config(cmd_node_opts *o, const char *prog,
   cfg->ca_file = o->ca;
   cfg->known_client_keys = o->known_clients;
   cfg->known_server_keys = o->known_servers;
+  cfg->psk_file = o->psk;
   cfg->aes_gcm = o->aes;
   cfg->insecure_skip_verify = o->skip_verify;
   cfg->idle_timeout_ms = (uint32_t)o->idle_ms;

@@ -64,16 +64,17 @@ int cmd_wait_signal(unsigned long timeout_ms);
  * turned into a ckt_node_config by cmd_node_config(). */
 typedef struct cmd_node_opts {
   const char *certs, *identity, *ca, *passfile, *known_clients, *known_servers;
+  const char *psk;
   int aes, skip_verify;
   unsigned long idle_ms, max_msg;
   cmd_pass_source pass;
 } cmd_node_opts;
 
 /* Writes the node flags (-certs, -k, -ca, -known-clients, -known-servers,
- * -passfile, -aes, -skip-verify, -idle, -max-msg) bound to o into out
+ * -psk, -passfile, -aes, -skip-verify, -idle, -max-msg) bound to o into out
  * (room for CMD_NODE_NFLAGS) and returns their count.  identity_help names
  * the default identity. */
-#define CMD_NODE_NFLAGS 10
+#define CMD_NODE_NFLAGS 11
 size_t cmd_node_flags(cmd_node_opts *o, const char *identity_help,
                       cmd_flag *out);
 

@@ -105,6 +105,12 @@ typedef struct ckt_node_config {
   /* The same for a whole connection (0: 64 MiB; never less than the
    * largest frame, max_message_size and a header). */
   uint64_t max_queued_per_connection;
+  /* A pre-shared key file (32..64 raw bytes, `selfy -gensym`): every
+   * connection then runs a second key exchange only holders of the same
+   * file complete, and every frame is sealed with its keys
+   * (docs/security.md).  Both ends must use the same file; a peer with
+   * another key, or none, is refused with CKT_ERR_PSK.  NULL: off. */
+  const char *psk_file;
   /* Log lines (refused handshakes, lost peers, warnings); NULL: stderr. */
   void (*log)(void *user, const char *line);
   void *log_user;

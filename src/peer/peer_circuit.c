@@ -361,7 +361,7 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
     ckt_frame_header_encode(b.data, CKT_FRAME_FRAGMENT,
                             (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
     if (c->stream) {
-      rv = ckt_stream_write(c->stream, b.data, b.len, fin);
+      rv = node_stream_write(c->stream, b.data, b.len, fin);
       if (rv == CKT_ERR_AGAIN) {
         c->want_writable = 1; /* the connection's queue is full */
       }
@@ -394,8 +394,8 @@ void circuit_pump(pconn *pc) {
     /* Credit follows consumption: a circuit whose reader stalls holds
      * back only itself (QUIC stream flow control). */
     ckt_stream_set_manual_credit(c->stream, 1);
-    if (c->pending.len && ckt_stream_write(c->stream, c->pending.data,
-                                           c->pending.len, 0) != CKT_OK) {
+    if (c->pending.len && node_stream_write(c->stream, c->pending.data,
+                                            c->pending.len, 0) != CKT_OK) {
       ckt_stream_set_user(c->stream, NULL);
       ckt_stream_reset(c->stream, APP_CIRCUIT_GONE);
       c->stream = NULL;
@@ -536,7 +536,7 @@ static void refuse(ckt_node *n, ckt_stream *s, const ckt_fragment *open,
         ckt_fragment_encode(f, &b) == CKT_OK) {
       ckt_frame_header_encode(b.data, CKT_FRAME_FRAGMENT,
                               (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
-      ckt_stream_write(s, b.data, b.len, 1);
+      node_stream_write(s, b.data, b.len, 1);
     }
     ckt_buf_free(&b);
     ckt_fragment_free(f);

@@ -16,13 +16,15 @@
 #include "quic_endpoint.h"
 #include "quic_ev.h"
 #include "sim_world.h"
+#include "tls_psk.h"
 #include "tls_quic.h"
 
 /* App error codes on streams and connections. */
 #define APP_CANCELED 0x10  /* the caller gave up (timeout) */
 #define APP_MALFORMED 0x11 /* a frame that did not decode */
+#define APP_PSK 0x12       /* the pre-shared-key layer failed */
 
-enum { RX_CALL = 1, RX_INBOUND = 2, RX_CIRCUIT = 3 };
+enum { RX_CALL = 1, RX_INBOUND = 2, RX_CIRCUIT = 3, RX_PSK = 4 };
 
 /* Collects one frame from a stream, bounded by the node's limits. */
 typedef struct rxstate {
@@ -54,6 +56,14 @@ struct pconn {
   struct ckt_circuit *circuits; /* open on this connection or waiting */
   int linked;                   /* in n->conns */
   oneway *ow_head, *ow_tail;
+  /* The pre-shared-key layer (peer_psk.c), when the node has a PSK:
+   * streams wait until psk_ready; frames are sealed and opened with the
+   * keys once psk.have_keys. */
+  int psk_on, psk_ready;
+  ckt_psk_hs psk;
+  ckt_stream *psk_tx; /* our unidirectional stream: HELLO, then CONFIRM */
+  uint8_t psk_in[CKT_PSK_HELLO_LEN + CKT_PSK_CONFIRM_LEN];
+  size_t psk_in_len;
 };
 
 typedef struct service_t {
@@ -98,7 +108,26 @@ struct ckt_node {
   ckt_sim_host *sim_host;
   int stop_posted;
   uint64_t circuit_queue_max; /* cfg.max_queued_per_circuit or default */
+  /* The pre-shared key (psk_len 0: none) and the identity keys that sign
+   * its HELLOs, [1] for connections we accept, [0] for those we dial. */
+  uint8_t psk[CKT_PSK_MAX];
+  size_t psk_len;
+  ckt_ed25519_key id_key[2];
 };
+
+/* peer_psk.c: the pre-shared-key layer on a connection. */
+/* Starts it on a ready connection (sends our HELLO).  0, or the
+ * connection is being closed. */
+int psk_start(pconn *pc);
+/* Bytes of the peer's PSK stream.  0, or the connection is being closed;
+ * calls node_pconn_pump() once the layer is ready. */
+int psk_input(pconn *pc, const uint8_t *data, size_t len);
+/* ckt_stream_write() of whole frames, sealed when the layer is on. */
+int node_stream_write(ckt_stream *s, const uint8_t *frames, size_t len,
+                      int fin);
+/* Opens a sealed frame body in place when the layer is on.  CKT_OK or
+ * CKT_ERR_PSK. */
+int psk_open_body(pconn *pc, uint8_t type, ckt_buf *body);
 
 /* peer_sim.c: the simulation's built-in identity for host `index`: a
  * certificate and key derived from the index, signed by the built-in CA

@@ -231,6 +231,7 @@ static void pconn_free(pconn *pc) {
     free(o);
   }
   pconn_unlink(pc);
+  ckt_psk_hs_wipe(&pc->psk);
   free(pc);
 }
 
@@ -349,7 +350,7 @@ static void call_timeout(void *arg) {
 /* Opens streams for calls and one-way messages waiting on pc. */
 void node_pconn_pump(pconn *pc) {
   call_t *c;
-  if (!ckt_conn_is_ready(pc->conn)) {
+  if (!ckt_conn_is_ready(pc->conn) || (pc->psk_on && !pc->psk_ready)) {
     return;
   }
   for (c = pc->calls; c; c = c->next) {
@@ -360,7 +361,7 @@ void node_pconn_pump(pconn *pc) {
       c->stream = NULL;
       return; /* stream limit: streams_available brings us back */
     }
-    if (ckt_stream_write(c->stream, c->frame, c->frame_len, 1) != CKT_OK) {
+    if (node_stream_write(c->stream, c->frame, c->frame_len, 1) != CKT_OK) {
       /* The connection will not take it: give the stream back; the call
        * waits for another chance or its deadline. */
       ckt_stream_set_user(c->stream, NULL);
@@ -377,7 +378,7 @@ void node_pconn_pump(pconn *pc) {
     if (ckt_conn_open_stream(pc->conn, 0, NULL, &s) != CKT_OK) {
       return;
     }
-    if (ckt_stream_write(s, o->frame, o->frame_len, 1) != CKT_OK) {
+    if (node_stream_write(s, o->frame, o->frame_len, 1) != CKT_OK) {
       ckt_stream_reset(s, APP_CANCELED);
       return;
     }
@@ -969,7 +970,7 @@ static void serve_call(ckt_node *n, ckt_stream *s, ckt_message *req) {
     ckt_stream_reset(s, APP_MALFORMED);
     return;
   }
-  if (ckt_stream_write(s, frame, len, 1) != CKT_OK) {
+  if (node_stream_write(s, frame, len, 1) != CKT_OK) {
     ckt_stream_reset(s, APP_MALFORMED);
   }
   free(frame);
@@ -1031,19 +1032,23 @@ static void adopt_waiting(pconn *pc) {
   }
 }
 
-static void on_conn_ready(ckt_conn *conn, void *user) {
+static int on_conn_ready(ckt_conn *conn, void *user) {
   ckt_node *n = user;
   pconn *pc = ckt_conn_user(conn);
   if (!pc) { /* accepted */
     pc = pconn_new(n, conn, ckt_conn_peer(conn));
     if (!pc) {
-      ckt_conn_close(conn, 1, "out of memory");
-      return;
+      ckt_conn_set_why(conn, "out of memory");
+      return -1;
     }
     ckt_conn_set_user(conn, pc);
   }
+  if (n->psk_len && !pc->psk_on && psk_start(pc) != 0) {
+    return -1; /* psk_start said why */
+  }
   adopt_waiting(pc);
   node_pconn_pump(pc);
+  return 0;
 }
 
 static void on_conn_closed(ckt_conn *conn, int err, const char *why,
@@ -1070,9 +1075,25 @@ static void on_conn_closed(ckt_conn *conn, int err, const char *why,
   pconn_free(pc);
 }
 
+static rxstate psk_stream = {.kind = RX_PSK}; /* marks the peer's PSK stream */
+
 static int on_stream_opened(ckt_conn *conn, ckt_stream *s, void *user) {
-  inbound *in = calloc(1, sizeof(*in));
-  (void)conn;
+  pconn *pc = ckt_conn_user(conn);
+  inbound *in;
+  if (pc && pc->psk_on && (ckt_stream_id(s) & 2) &&
+      (ckt_stream_id(s) >> 2) == 0) {
+    /* The peer's first unidirectional stream: its HELLO and CONFIRM (it
+     * opens nothing else before the layer is ready). */
+    ckt_stream_set_user(s, &psk_stream);
+    return 0;
+  }
+  if (pc && pc->psk_on && !pc->psk.have_keys) {
+    ckt_conn_close(conn, APP_PSK,
+                   "the peer sent data before the pre-shared-key exchange "
+                   "(it has no -psk?)");
+    return 0;
+  }
+  in = calloc(1, sizeof(*in));
   if (!in) {
     return -1;
   }
@@ -1169,6 +1190,21 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
   size_t chunk = len;
   int was_circuit = rx && rx->kind == RX_CIRCUIT;
   (void)fin;
+  if (rx && rx->kind == RX_PSK) {
+    ckt_conn_credit(conn, len);
+    if (pc) {
+      psk_input(pc, data, len);
+    }
+    return 0;
+  }
+  if (rx && rx->kind == RX_INBOUND && pc && !pc->psk_on &&
+      (ckt_stream_id(s) & 2) && (ckt_stream_id(s) >> 2) == 0 && len >= 7 &&
+      memcmp(data, "CKTPSK1", 7) == 0) {
+    ckt_conn_close(conn, APP_PSK,
+                   "the peer uses a pre-shared key (-psk) and this node has "
+                   "none");
+    return 0;
+  }
   if (was_circuit) {
     circuit_received(rx, len); /* stream credit, unless its reader lags */
   }
@@ -1179,6 +1215,11 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
     int rv = node_rx_frame(n, rx, &data, &len, &type, &body);
     if (rv == 0) {
       break;
+    }
+    if (rv > 0 && pc && pc->psk_on &&
+        psk_open_body(pc, type, &body) != CKT_OK) {
+      ckt_buf_free(&body);
+      rv = CKT_ERR_PSK; /* a frame not sealed with our keys */
     }
     if (rv > 0 && rx->kind == RX_CIRCUIT) {
       rv = circuit_on_frame(s, rx, type, &body);
@@ -1238,8 +1279,8 @@ static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
                              void *user) {
   rxstate *rx = ckt_stream_user(s);
   (void)user;
-  if (!rx) {
-    return;
+  if (!rx || rx->kind == RX_PSK) {
+    return; /* the PSK stream's marker is shared and static */
   }
   ckt_stream_set_user(s, NULL);
   node_rx_credit(conn, rx); /* a partial frame thrown away */
@@ -1356,6 +1397,7 @@ static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
   tc.ca_len = ca_len;
   tc.aes_gcm = n->cfg.aes_gcm;
   tc.skip_verify = n->cfg.insecure_skip_verify;
+  n->id_key[server ? 1 : 0] = key; /* signs pre-shared-key HELLOs */
   rv = open_known(n, server, &tc.known);
   if (rv == CKT_OK && (rv = ckt_tls_ctx_new(server, &tc, out)) != CKT_OK) {
     ckt_known_free(tc.known); /* the context did not take it */
@@ -1433,6 +1475,7 @@ static int node_tls_sim(ckt_node *n, int index) {
   tc.ca_len = ca_len;
   tc.aes_gcm = n->cfg.aes_gcm;
   tc.skip_verify = n->cfg.insecure_skip_verify;
+  n->id_key[0] = n->id_key[1] = key; /* signs pre-shared-key HELLOs */
   for (role = n->cfg.serve ? 1 : 0; role >= 0 && rv == CKT_OK; --role) {
     rv = open_known(n, role, &tc.known);
     if (rv == CKT_OK &&
@@ -1521,6 +1564,19 @@ static int node_alloc(const ckt_node_config *cfg, int default_certs,
       !n->server_name || !n->client_name) {
     return CKT_ERR_NOMEM;
   }
+  if (cfg->psk_file) {
+    int rv = ckt_psk_load(cfg->psk_file, n->psk, &n->psk_len);
+    if (rv != CKT_OK) {
+      node_log(n, "cannot use the pre-shared key %s: %s", cfg->psk_file,
+               rv == CKT_ERR_FORMAT ? "it must hold 32 to 64 bytes"
+               : rv == CKT_ERR_IO   ? strerror(errno)
+                                    : ckt_strerror(rv));
+      return rv;
+    }
+    /* Sealed frame bodies are longer by the nonce and the tag. */
+    n->frame_max += CKT_PSK_OVERHEAD;
+  }
+  n->cfg.psk_file = NULL;
   return CKT_OK;
 }
 
@@ -1817,6 +1873,8 @@ void ckt_node_free(ckt_node *n) {
   }
   ckt_tls_ctx_free(n->server_tls);
   ckt_tls_ctx_free(n->client_tls);
+  ckt_secure_zero(n->psk, sizeof(n->psk));
+  ckt_secure_zero(n->id_key, sizeof(n->id_key));
   while ((s = n->services) != NULL) {
     n->services = s->next;
     free(s);

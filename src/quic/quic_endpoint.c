@@ -743,9 +743,17 @@ static int cb_handshake_completed(ngtcp2_conn *q, void *user) {
     ep->handshaking--;
   }
   c->ready = 1;
-  if (ep->cfg.cb.conn_ready) {
-    ep->cfg.cb.conn_ready(c, ep->cfg.user);
+  if (ep->cfg.cb.conn_ready && ep->cfg.cb.conn_ready(c, ep->cfg.user) != 0) {
+    c->link.verify_error = CKT_ERR_TLS;
+    if (!c->link.why[0]) {
+      snprintf(c->link.why, sizeof(c->link.why),
+               "the connection could not be set up after its handshake");
+    }
+    return NGTCP2_ERR_CALLBACK_FAILURE;
   }
+  /* Exported keying material is taken in conn_ready, if at all: the
+   * handshake secrets kept for it go now. */
+  wolfSSL_FreeArrays(c->ssl);
   return 0;
 }
 
@@ -1590,6 +1598,19 @@ const char *ckt_conn_suite(const ckt_conn *c) {
 
 const char *ckt_conn_peer_key(const ckt_conn *c) {
   return c->link.peer_key;
+}
+
+void ckt_conn_set_why(ckt_conn *c, const char *why) {
+  snprintf(c->link.why, sizeof(c->link.why), "%s", why);
+}
+
+int ckt_conn_export(ckt_conn *c, const char *label, uint8_t *out, size_t len) {
+  if (!c->ready || !c->ssl ||
+      wolfSSL_export_keying_material(c->ssl, out, len, label, strlen(label),
+                                     NULL, 0, 0) != WOLFSSL_SUCCESS) {
+    return CKT_ERR_CRYPTO;
+  }
+  return CKT_OK;
 }
 
 void ckt_conn_credit(ckt_conn *c, uint64_t n) {

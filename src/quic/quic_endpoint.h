@@ -35,8 +35,10 @@ typedef struct ckt_stream ckt_stream;
 #define CKT_STATIC_SECRET_LEN 32
 
 typedef struct ckt_endpoint_callbacks {
-  /* The handshake finished and the peer's certificate was accepted. */
-  void (*conn_ready)(ckt_conn *c, void *user);
+  /* The handshake finished and the peer's certificate was accepted.
+   * Return 0; nonzero closes the connection (say why first with
+   * ckt_conn_set_why()).  Keying material can be exported only here. */
+  int (*conn_ready)(ckt_conn *c, void *user);
   /* The connection is gone: err is CKT_OK for an orderly close by either
    * side, else CKT_ERR_TLS, CKT_ERR_TIMEOUT, CKT_ERR_CONNECTION; `why` is
    * one sentence.  Right after it, stream_closed runs for every stream
@@ -137,6 +139,11 @@ const char *ckt_conn_suite(const ckt_conn *c);
 /* The peer's Ed25519 public key in hex (empty in skip-verify mode before
  * the handshake ends). */
 const char *ckt_conn_peer_key(const ckt_conn *c);
+/* Keying material exported from the connection's TLS session (RFC 8446
+ * 7.5), once ready: the same bytes on both ends.  CKT_OK, CKT_ERR_CRYPTO. */
+int ckt_conn_export(ckt_conn *c, const char *label, uint8_t *out, size_t len);
+/* The sentence a refused connection is closed with (from conn_ready). */
+void ckt_conn_set_why(ckt_conn *c, const char *why);
 /* Closes gracefully: CONNECTION_CLOSE with an application error code and a
  * reason; conn_closed follows (err CKT_OK when app_error is 0). */
 void ckt_conn_close(ckt_conn *c, uint64_t app_error, const char *why);

@@ -309,6 +309,9 @@ int ckt_tls_session_new(WOLFSSL_CTX *ctx, int server, ckt_tls_link *link,
     return CKT_ERR_NOMEM;
   }
   wolfSSL_set_app_data(ssl, &link->ref);
+  /* Handshake data for exporting keying material (the PSK layer); freed
+   * once the handshake is complete. */
+  wolfSSL_KeepArrays(ssl);
   if (server) {
     char list[sizeof(alpn_server_list)];
     memcpy(list, alpn_server_list, sizeof(list));

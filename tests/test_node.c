@@ -990,3 +990,82 @@ Test(node, oneway_and_push_work_under_a_psk) {
   ckt_node_free(cl);
   ckt_node_free(srv);
 }
+
+/* An identity signed by test CA A whose validity ended yesterday: the
+ * ckt API makes one with a fixed start (ckt_cert_options.not_before). */
+static void make_expired_identity(char *dir, size_t size) {
+  const char *certs = getenv("CKT_TEST_CERTS_A");
+  char path[800], cmd[1700], *ca_pem = NULL, *pem = NULL, *key_pem = NULL;
+  size_t ca_len = 0, pem_len = 0, key_len = 0;
+  ckt_ed25519_key ca_key, key;
+  ckt_cert_options o;
+  FILE *f;
+  snprintf(dir, size, "%s/../expired-certs", certs);
+  snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && cp '%s/ca.crt' '%s/'", dir,
+           certs, dir);
+  cr_assert_eq(system(cmd), 0);
+  snprintf(path, sizeof(path), "%s/ca.crt", certs);
+  cr_assert_eq(ckt_pem_file_read(path, &ca_pem, &ca_len), CKT_OK);
+  snprintf(path, sizeof(path), "%s/../private/ca.key", certs);
+  cr_assert_eq(ckt_key_load(path, NULL, &ca_key), CKT_OK);
+  cr_assert_eq(ckt_key_generate(&key), CKT_OK);
+  memset(&o, 0, sizeof(o));
+  o.not_before = (int64_t)time(NULL) - 10 * 86400;
+  o.valid_days = 9;
+  cr_assert_eq(
+      ckt_cert_make_leaf(&key, &ca_key, ca_pem, ca_len, &o, &pem, &pem_len),
+      CKT_OK);
+  cr_assert_eq(ckt_key_to_pem(&key, NULL, 0, &key_pem, &key_len), CKT_OK);
+  snprintf(path, sizeof(path), "%s/node.crt", dir);
+  f = fopen(path, "wb");
+  cr_assert_not_null(f);
+  cr_assert_eq(fwrite(pem, 1, pem_len, f), pem_len);
+  fclose(f);
+  snprintf(path, sizeof(path), "%s/node.key", dir);
+  f = fopen(path, "wb");
+  cr_assert_not_null(f);
+  cr_assert_eq(fwrite(key_pem, 1, key_len, f), key_len);
+  fclose(f);
+  ckt_key_wipe(&key);
+  ckt_key_wipe(&ca_key);
+  ckt_free(ca_pem);
+  ckt_free(pem);
+  ckt_free(key_pem);
+}
+
+Test(node, an_expired_certificate_is_refused_on_both_sides) {
+  char dir[700], saddr[64];
+  logbuf slog;
+  ckt_node_config cfg;
+  ckt_node *srv, *cl;
+  node_opts co = {.call_timeout_ms = 3000};
+  ckt_message *reply = NULL;
+  int rv;
+  make_expired_identity(dir, sizeof(dir));
+  logbuf_init(&slog);
+  ckt_node_config_init(&cfg);
+  cfg.listen = "127.0.0.1:0";
+  cfg.serve = 1;
+  cfg.cert_dir = dir;
+  cfg.log = log_line;
+  cfg.log_user = &slog;
+  cr_assert_eq(ckt_node_new(&cfg, &srv), CKT_OK);
+  cr_assert_eq(ckt_node_start(srv), CKT_OK);
+  ckt_node_address(srv, saddr, sizeof(saddr));
+  ckt_node_register_call(srv, "echo", echo, NULL);
+  cl = start_node(&co, NULL, 0);
+  rv = call(cl, saddr, "echo", "hi", 3000, &reply);
+  cr_assert_eq(rv, CKT_ERR_TLS, "rv %d: %s", rv,
+               reply && reply->err ? reply->err : "");
+  cr_assert(reply && reply->err && strstr(reply->err, "expired"),
+            "client hears: %s", reply && reply->err ? reply->err : "");
+  ckt_message_free(reply);
+  for (int i = 0; i < 300 && !log_has(&slog, "refused"); i++) {
+    usleep(10 * 1000);
+  }
+  cr_assert(log_has(&slog, "refused") || log_has(&slog, "expired") ||
+                log_has(&slog, "certificate"),
+            "server log: %s", slog.text);
+  ckt_node_free(cl);
+  ckt_node_free(srv);
+}

@@ -177,9 +177,16 @@ Test(core, hex_and_strerror) {
   cr_assert_str_eq(out, "00abff");
   ckt_hex_encode(out, in, 3, ':');
   cr_assert_str_eq(out, "00:ab:ff");
+  {
+    uint8_t back[3];
+    cr_assert(ckt_hex_decode(back, "00AbfF", 3));
+    cr_assert(memcmp(back, in, 3) == 0);
+    cr_assert_not(ckt_hex_decode(back, "00abfg", 3));
+    cr_assert_not(ckt_hex_decode(back, "0", 1));
+  }
   cr_assert_str_eq(ckt_strerror(CKT_OK), "success");
   cr_assert_str_eq(ckt_strerror(12345), "unknown error");
-  for (int e = CKT_ERR_LIMIT; e < 0; ++e) {
+  for (int e = CKT_ERR_PSK; e < 0; ++e) {
     cr_assert_str_neq(ckt_strerror(e), "unknown error", "code %d", e);
   }
 }

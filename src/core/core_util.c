@@ -42,3 +42,28 @@ void ckt_hex_encode(char *out, const uint8_t *in, size_t n, char sep) {
   }
   *o = 0;
 }
+
+static int hex_value(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
+int ckt_hex_decode(uint8_t *out, const char *in, size_t n) {
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    int hi = hex_value(in[2 * i]), lo = hi < 0 ? -1 : hex_value(in[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      return 0;
+    }
+    out[i] = (uint8_t)(hi << 4 | lo);
+  }
+  return 1;
+}

@@ -24,5 +24,8 @@ int ckt_random_bytes(void *buf, size_t n);
 /* Writes 2*n lowercase hex digits and a NUL into out (size >= 2n+1);
  * with sep != 0, puts sep between bytes (size >= 3n). */
 void ckt_hex_encode(char *out, const uint8_t *in, size_t n, char sep);
+/* Reads exactly 2*n hex digits (either case) from in into out.  1 if all
+ * were hex digits, 0 otherwise (out is then partly written). */
+int ckt_hex_decode(uint8_t *out, const char *in, size_t n);
 
 #endif

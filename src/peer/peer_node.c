@@ -1371,11 +1371,33 @@ static int open_known(ckt_node *n, int server, ckt_known **out) {
   return ckt_known_open(&kc, out);
 }
 
+/* The TLS context of one role (server: 1) for an identity: its known-keys
+ * file opened, and its key kept to sign pre-shared-key HELLOs. */
+static int role_ctx(ckt_node *n, int server, const char *cert, size_t cert_len,
+                    const ckt_ed25519_key *key, const char *ca, size_t ca_len,
+                    WOLFSSL_CTX **out) {
+  ckt_tls_config tc;
+  int rv;
+  memset(&tc, 0, sizeof(tc));
+  tc.cert_pem = cert;
+  tc.cert_len = cert_len;
+  tc.key = key;
+  tc.ca_pem = ca;
+  tc.ca_len = ca_len;
+  tc.aes_gcm = n->cfg.aes_gcm;
+  tc.skip_verify = n->cfg.insecure_skip_verify;
+  n->id_key[server ? 1 : 0] = *key;
+  rv = open_known(n, server, &tc.known);
+  if (rv == CKT_OK && (rv = ckt_tls_ctx_new(server, &tc, out)) != CKT_OK) {
+    ckt_known_free(tc.known); /* the context did not take it */
+  }
+  return rv;
+}
+
 static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
                     size_t ca_len, WOLFSSL_CTX **out) {
   ckt_identity_options io;
   ckt_ed25519_key key;
-  ckt_tls_config tc;
   char *cert = NULL;
   size_t cert_len = 0;
   int rv;
@@ -1389,18 +1411,8 @@ static int load_tls(ckt_node *n, const char *name, int server, const char *ca,
              name, ckt_strerror(rv));
     return rv;
   }
-  memset(&tc, 0, sizeof(tc));
-  tc.cert_pem = cert;
-  tc.cert_len = cert_len;
-  tc.key = &key;
-  tc.ca_pem = ca;
-  tc.ca_len = ca_len;
-  tc.aes_gcm = n->cfg.aes_gcm;
-  tc.skip_verify = n->cfg.insecure_skip_verify;
-  n->id_key[server ? 1 : 0] = key; /* signs pre-shared-key HELLOs */
-  rv = open_known(n, server, &tc.known);
-  if (rv == CKT_OK && (rv = ckt_tls_ctx_new(server, &tc, out)) != CKT_OK) {
-    ckt_known_free(tc.known); /* the context did not take it */
+  rv = role_ctx(n, server, cert, cert_len, &key, ca, ca_len, out);
+  if (rv != CKT_OK) {
     node_log(n, "cannot use the identity %s/%s: %s", n->cert_dir, name,
              ckt_strerror(rv));
   }
@@ -1456,7 +1468,6 @@ static int node_tls(ckt_node *n) {
  * (both roles present the same one).  Known keys only from files the
  * configuration names: a simulation touches no file by default. */
 static int node_tls_sim(ckt_node *n, int index) {
-  ckt_tls_config tc;
   ckt_ed25519_key key;
   const char *cert, *ca;
   size_t cert_len, ca_len;
@@ -1467,23 +1478,9 @@ static int node_tls_sim(ckt_node *n, int index) {
              ckt_strerror(rv));
     return rv;
   }
-  memset(&tc, 0, sizeof(tc));
-  tc.cert_pem = cert;
-  tc.cert_len = cert_len;
-  tc.key = &key;
-  tc.ca_pem = ca;
-  tc.ca_len = ca_len;
-  tc.aes_gcm = n->cfg.aes_gcm;
-  tc.skip_verify = n->cfg.insecure_skip_verify;
-  n->id_key[0] = n->id_key[1] = key; /* signs pre-shared-key HELLOs */
   for (role = n->cfg.serve ? 1 : 0; role >= 0 && rv == CKT_OK; --role) {
-    rv = open_known(n, role, &tc.known);
-    if (rv == CKT_OK &&
-        (rv = ckt_tls_ctx_new(
-             role, &tc, role ? &n->server_tls : &n->client_tls)) != CKT_OK) {
-      ckt_known_free(tc.known); /* the context did not take it */
-    }
-    tc.known = NULL;
+    rv = role_ctx(n, role, cert, cert_len, &key, ca, ca_len,
+                  role ? &n->server_tls : &n->client_tls);
   }
   ckt_key_wipe(&key);
   n->cfg.known_client_keys = n->cfg.known_server_keys = NULL;

@@ -14,7 +14,6 @@
  * one side (a PSK stream arrives at a node without one, or frames arrive
  * before the exchange), a HELLO not signed by the key TLS authenticated.
  */
-#include <stdio.h>
 #include <string.h>
 
 #include "core_util.h"
@@ -60,17 +59,6 @@ int psk_start(pconn *pc) {
   return 0;
 }
 
-static int hex_key(const char *hex, uint8_t out[CKT_ED25519_KEY_LEN]) {
-  for (size_t i = 0; i < CKT_ED25519_KEY_LEN; i++) {
-    unsigned v;
-    if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
-      return -1;
-    }
-    out[i] = (uint8_t)v;
-  }
-  return 0;
-}
-
 int psk_input(pconn *pc, const uint8_t *data, size_t len) {
   uint8_t peer_key[CKT_ED25519_KEY_LEN], confirm[CKT_PSK_CONFIRM_LEN];
   uint8_t rnd[16];
@@ -86,7 +74,8 @@ int psk_input(pconn *pc, const uint8_t *data, size_t len) {
   pc->psk_in_len += len;
   if (had < CKT_PSK_HELLO_LEN && pc->psk_in_len >= CKT_PSK_HELLO_LEN) {
     if (strlen(ckt_conn_peer_key(pc->conn)) != 2 * CKT_ED25519_KEY_LEN ||
-        hex_key(ckt_conn_peer_key(pc->conn), peer_key) != 0) {
+        !ckt_hex_decode(peer_key, ckt_conn_peer_key(pc->conn),
+                        CKT_ED25519_KEY_LEN)) {
       psk_fail(pc, "the peer's key is unknown: no pre-shared-key exchange");
       return -1;
     }

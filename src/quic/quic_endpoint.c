@@ -1166,21 +1166,17 @@ static int handshake_rate_ok(ckt_endpoint *ep) {
 }
 
 /* An Initial packet for no known connection: maybe a new client. */
+/* hd: the Initial's header, decoded by ngtcp2_accept(). */
 static void accept_conn(ckt_endpoint *ep, const ckt_addr *from,
-                        const uint8_t *data, size_t len) {
+                        const uint8_t *data, size_t len, ngtcp2_pkt_hd hd) {
   ngtcp2_settings settings;
   ngtcp2_transport_params params;
-  ngtcp2_pkt_hd hd;
   ngtcp2_cid scid, odcid;
   ngtcp2_path path;
   ngtcp2_pkt_info pi = {0};
   ckt_conn *c;
   int rv;
 
-  if (!ep->cfg.server_tls || ngtcp2_accept(&hd, data, len) != 0) {
-    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
-    return;
-  }
   if (ep->naccepted >= ep->cfg.max_connections ||
       ep->handshaking >= ep->cfg.max_handshakes ||
       accepted_from(ep, from) >= ep->cfg.max_per_address) {
@@ -1270,10 +1266,16 @@ static void accept_budgeted(ckt_endpoint *ep, const ckt_addr *from,
                             const uint8_t *data, size_t len) {
   uint64_t t = now(ep);
   ngtcp2_pkt_hd hd;
+  int tok;
+  double *credit;
+  if (!ep->cfg.server_tls || ngtcp2_accept(&hd, data, len) != 0) {
+    CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
+    return;
+  }
   /* Initials that carry a token (clients answering our Retry) draw from a
    * budget of their own: a flood of tokenless junk cannot starve them. */
-  int tok = ngtcp2_accept(&hd, data, len) == 0 && hd.token.len > 0;
-  double *credit = tok ? &ep->token_credit : &ep->accept_credit;
+  tok = hd.token.len > 0;
+  credit = tok ? &ep->token_credit : &ep->accept_credit;
   *credit += (double)(t - ep->accept_ts[tok]) * ACCEPT_SHARE;
   if (*credit > ACCEPT_BURST_NS) {
     *credit = ACCEPT_BURST_NS;
@@ -1283,7 +1285,7 @@ static void accept_budgeted(ckt_endpoint *ep, const ckt_addr *from,
     CKT_COUNTER_ADD(ep->stats.packets_dropped, 1);
     return;
   }
-  accept_conn(ep, from, data, len);
+  accept_conn(ep, from, data, len, hd);
   *credit -= (double)(now(ep) - t);
 }
 

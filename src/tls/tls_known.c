@@ -30,19 +30,6 @@ static int is_field_char(char c) {
   return (unsigned char)c >= 0x21 && (unsigned char)c <= 0x7e;
 }
 
-static int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
-
 static int two_digits(const char *s, int *out) {
   if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9') {
     return 0;
@@ -90,18 +77,7 @@ static void take_text(char *dst, const char *s, size_t n) {
 }
 
 static int parse_key(const char *s, size_t n, uint8_t key[KEY_LEN]) {
-  size_t i;
-  if (n != KEY_HEX_LEN) {
-    return 0;
-  }
-  for (i = 0; i < KEY_LEN; ++i) {
-    int hi = hex_value(s[2 * i]), lo = hex_value(s[2 * i + 1]);
-    if (hi < 0 || lo < 0) {
-      return 0;
-    }
-    key[i] = (uint8_t)(hi << 4 | lo);
-  }
-  return 1;
+  return n == KEY_HEX_LEN && ckt_hex_decode(key, s, KEY_LEN);
 }
 
 /* One line without its end of line.  *has_entry is 0 for blank and

@@ -49,6 +49,32 @@ enum {
   CKT_MSG_FLAG_LAST_PART = 2    /* the last part of a streamed sequence */
 };
 
+/* Compression codecs (the `codec` field; docs/wire.md, "Compressed
+ * messages").  The sender chooses per message, the receiver decodes any
+ * ("reader makes right").  Every zstd level decodes with the same
+ * decoder; the level only trades the sender's time for size. */
+enum {
+  CKT_CODEC_AUTO = 0,      /* the node decides: for a call, one-way message
+                            * or upload, its configured codec; for a reply,
+                            * push or download part, the codec that peer last
+                            * used (reader makes right) */
+  CKT_CODEC_NONE = 1,      /* sent as is */
+  CKT_CODEC_ZSTD_FAST = 2, /* zstd level -5: cheapest, least compression */
+  CKT_CODEC_ZSTD_1 = 3,    /* zstd level 1 */
+  CKT_CODEC_ZSTD_3 = 4,    /* zstd level 3 (zstd's default) */
+  CKT_CODEC_ZSTD_7 = 5,    /* zstd level 7 */
+  CKT_CODEC_ZSTD_11 = 6    /* zstd level 11: slowest, most compression */
+};
+#define CKT_CODEC_MAX CKT_CODEC_ZSTD_11
+
+/* The codec's name: "auto", "none", "zstd:fast", "zstd:01", "zstd:03",
+ * "zstd:07", "zstd:11"; "?" for an unknown value.  Static storage. */
+CKT_EXTERN const char *ckt_codec_name(int codec);
+/* Parses a codec name as ckt_codec_name() writes it; also accepted:
+ * "zstd" (zstd:01), "zstd:1", "zstd:3", "zstd:7", "off" (none).
+ * CKT_OK and *codec set; CKT_ERR_INVALID_ARGUMENT (unknown name, NULL). */
+CKT_EXTERN int ckt_codec_parse(const char *name, int *codec);
+
 /* Hard limits, the same for every peer: exceeding one is an error when
  * setting, encoding and decoding.  String lengths are in bytes, without the
  * terminating NUL. */
@@ -95,6 +121,12 @@ typedef struct ckt_message {
   uint8_t *payload;
   size_t payload_len;
   char *err; /* set on CKT_MSG_ERROR */
+  /* How the message travels (CKT_CODEC_*; not part of the encoded
+   * message: it selects the frame, docs/wire.md).  On a received message:
+   * the codec the sender chose (CKT_CODEC_NONE for a plain frame).  Set
+   * CKT_MSG_FLAG_NO_COMPRESS instead to keep one message uncompressed
+   * without changing what the peer learns. */
+  uint8_t codec;
 } ckt_message;
 
 /* Returns a new message with every field zero/NULL (type 0: not yet

@@ -95,6 +95,7 @@ int ckt_message_copy(const ckt_message *src, ckt_message **out) {
   m->created_ns = src->created_ns;
   m->deadline_ns = src->deadline_ns;
   m->stream_part = src->stream_part;
+  m->codec = src->codec;
   /* The args first: their shape is checked there, before any copying. */
   rv = ckt_fields_args_copy(&m->args, src->args, src->nargs);
   if (rv != CKT_OK) {

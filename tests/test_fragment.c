@@ -925,7 +925,7 @@ Test(fragment, frame_header_round_trip) {
   }
   ckt_frame_header_encode(hdr, CKT_FRAME_MESSAGE, 0x01020304u);
   cr_assert_eq(memcmp(hdr, "\x01\x01\x02\x03\x04", 5), 0, "big-endian");
-  hdr[0] = 0x03; /* 0x02 is CKT_FRAME_FRAGMENT since issue 4 */
+  hdr[0] = 0x04; /* 0x02 is CKT_FRAME_FRAGMENT, 0x03 CKT_FRAME_ZMESSAGE */
   cr_assert_eq(ckt_frame_header_decode(hdr, &type, &len), CKT_ERR_FORMAT);
   hdr[0] = 0x00;
   cr_assert_eq(ckt_frame_header_decode(hdr, &type, &len), CKT_ERR_FORMAT);
@@ -1845,7 +1845,7 @@ Test(fragment, frag_frame_header_accepts_fragment_frames) {
   cr_assert_eq(ckt_frame_header_decode(hdr, &type, &len), CKT_OK);
   cr_assert_eq(type, CKT_FRAME_FRAGMENT);
   cr_assert_eq(len, 88);
-  hdr[0] = 0x03;
+  hdr[0] = 0x04; /* 0x03 is CKT_FRAME_ZMESSAGE */
   cr_assert_eq(ckt_frame_header_decode(hdr, &type, &len), CKT_ERR_FORMAT);
   cr_assert_eq(type, CKT_FRAME_FRAGMENT, "outputs untouched on error");
 }

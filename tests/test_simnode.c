@@ -356,7 +356,7 @@ Test(simnode, calls_see_skewed_wall_clocks) {
   ckt_sim_host_set_skew(w.h[0], 0);
   ckt_sim_host_set_skew(w.h[1], 10 * (int64_t)CKT_SIM_S);
   call(&w, &b);
-  cr_assert_eq(b.err, CKT_ERR_REMOTE, "err %d: %s", b.err, b.why);
+  cr_assert_eq(b.err, CKT_ERR_TIMEOUT, "err %d: %s", b.err, b.why);
   cr_assert(strstr(b.why, "deadline") != NULL, "%s", b.why);
   world_free(&w);
 }

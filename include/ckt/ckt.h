@@ -8,6 +8,7 @@
 #ifndef CKT_CKT_H
 #define CKT_CKT_H
 
+#include "ckt/call.h"
 #include "ckt/error.h"
 #include "ckt/fragment.h"
 #include "ckt/identity.h"

@@ -56,7 +56,9 @@ enum {
   CKT_ERR_KEY_MISMATCH = -15,
   /* The crypto library failed internally (RNG, signing). */
   CKT_ERR_CRYPTO = -16,
-  /* A passphrase callback gave up (user pressed Ctrl-D, no terminal). */
+  /* A passphrase callback gave up (user pressed Ctrl-D, no terminal); a
+   * call was cancelled before its request left this node; a served call
+   * was cancelled by its caller. */
   CKT_ERR_CANCELED = -17,
   /* A non-blocking operation would block (EAGAIN/EWOULDBLOCK): nothing is
    * wrong, retry once the descriptor is ready. */
@@ -87,7 +89,10 @@ enum {
   CKT_ERR_LOCKED_OUT = -26,
   /* The pre-shared-key layer failed: the peer's PSK differs from ours, or
    * one side has none, or a sealed frame did not open. */
-  CKT_ERR_PSK = -27
+  CKT_ERR_PSK = -27,
+  /* A call was cancelled after its request left: the server was told to
+   * abandon it (ckt/call.h). */
+  CKT_ERR_CANCEL_SENT = -28
 };
 
 /* Returns a static, human-readable description of an error code.

@@ -111,6 +111,11 @@ typedef struct ckt_node_config {
    * (docs/security.md).  Both ends must use the same file; a peer with
    * another key, or none, is refused with CKT_ERR_PSK.  NULL: off. */
   const char *psk_file;
+  /* The codec (CKT_CODEC_*, ckt/message.h) of the calls, one-way
+   * messages and uploads this node starts, unless a message names its
+   * own; 0: CKT_CODEC_NONE.  Replies, pushes and downloads answer each
+   * peer with the codec it last used, whatever this says. */
+  int codec;
   /* Log lines (refused handshakes, lost peers, warnings); NULL: stderr. */
   void (*log)(void *user, const char *line);
   void *log_user;

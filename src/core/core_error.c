@@ -57,6 +57,8 @@ const char *ckt_strerror(int err) {
     return "a configured limit was reached";
   case CKT_ERR_PSK:
     return "the pre-shared keys differ (or one side has none)";
+  case CKT_ERR_CANCEL_SENT:
+    return "cancelled; the peer was asked to abandon the call";
   case CKT_ERR_LOCKED_OUT:
     return "the known-keys file is read-only and lists no key: no peer could "
            "ever be accepted";

@@ -27,6 +27,9 @@
  * body. */
 #define CKT_FRAME_MESSAGE 0x01  /* body: one encoded message */
 #define CKT_FRAME_FRAGMENT 0x02 /* body: one encoded fragment */
+/* body: u8 codec, u32 raw length, one encoded message zstd-compressed or
+ * stored as is (fragment_zstd.h) */
+#define CKT_FRAME_ZMESSAGE 0x03
 #define CKT_FRAME_HEADER_LEN 5
 
 /* Appends the encoding of m to out.  On error out is left as it was.
@@ -99,8 +102,8 @@ void ckt_frame_header_encode(uint8_t hdr[CKT_FRAME_HEADER_LEN], uint8_t type,
                              uint32_t len);
 
 /* Reads a frame header; the caller bounds *len before reading the body,
- * and checks that *type (CKT_FRAME_MESSAGE or CKT_FRAME_FRAGMENT) is one the
- * stream may carry.
+ * and checks that *type (CKT_FRAME_MESSAGE, CKT_FRAME_FRAGMENT or
+ * CKT_FRAME_ZMESSAGE) is one the stream may carry.
  * CKT_OK; CKT_ERR_FORMAT (a frame type this version does not know: the
  * stream cannot be trusted past it); CKT_ERR_INVALID_ARGUMENT (NULL). */
 int ckt_frame_header_decode(const uint8_t hdr[CKT_FRAME_HEADER_LEN],

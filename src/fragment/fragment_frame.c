@@ -24,7 +24,8 @@ int ckt_frame_header_decode(const uint8_t hdr[CKT_FRAME_HEADER_LEN],
   ckt_cursor_init(&c, hdr, CKT_FRAME_HEADER_LEN);
   ckt_cursor_u8(&c, &t);
   ckt_cursor_be32(&c, &n);
-  if (t != CKT_FRAME_MESSAGE && t != CKT_FRAME_FRAGMENT) {
+  if (t != CKT_FRAME_MESSAGE && t != CKT_FRAME_FRAGMENT &&
+      t != CKT_FRAME_ZMESSAGE) {
     return CKT_ERR_FORMAT;
   }
   *type = t;

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "ckt/call.h"
 #include "ckt/node.h"
 #include "ckt/peer.h"
 #include "core_buf.h"
@@ -23,8 +24,16 @@
 #define APP_CANCELED 0x10  /* the caller gave up (timeout) */
 #define APP_MALFORMED 0x11 /* a frame that did not decode */
 #define APP_PSK 0x12       /* the pre-shared-key layer failed */
+#define APP_DEADLINE 0x13  /* the caller gave up: the call's deadline passed */
+#define APP_DONE 0x14      /* the server answered: send no more parts */
 
-enum { RX_CALL = 1, RX_INBOUND = 2, RX_CIRCUIT = 3, RX_PSK = 4 };
+enum {
+  RX_CALL = 1,
+  RX_INBOUND = 2,
+  RX_CIRCUIT = 3,
+  RX_PSK = 4,
+  RX_SRVCALL = 5
+};
 
 /* Collects one frame from a stream, bounded by the node's limits. */
 typedef struct rxstate {
@@ -34,10 +43,16 @@ typedef struct rxstate {
   uint32_t body_len;
   ckt_buf body;    /* grows as bytes arrive, never past body_len */
   uint64_t credit; /* bytes of the frame being read, not yet credited */
+  /* Streaming calls: their streams' credit is manual (`manual`); while
+   * `paused`, it is owed instead of given, and bytes that already arrived
+   * wait in `held` (credited to the connection at once: `precredited` of
+   * rx->credit must not be credited again). */
+  int manual, paused;
+  uint64_t owed, precredited;
+  ckt_buf held;
 } rxstate;
 
 typedef struct pconn pconn;
-typedef struct call_t call_t;
 
 typedef struct oneway {
   struct oneway *next;
@@ -52,7 +67,7 @@ struct pconn {
   ckt_conn *conn;
   ckt_addr addr;
   char name[CKT_ADDR_STRLEN];
-  call_t *calls;                /* waiting for a stream or in flight */
+  struct ckt_call *calls;       /* waiting for a stream or in flight */
   struct ckt_circuit *circuits; /* open on this connection or waiting */
   int linked;                   /* in n->conns */
   oneway *ow_head, *ow_tail;
@@ -64,11 +79,20 @@ struct pconn {
   ckt_stream *psk_tx; /* our unidirectional stream: HELLO, then CONFIRM */
   uint8_t psk_in[CKT_PSK_HELLO_LEN + CKT_PSK_CONFIRM_LEN];
   size_t psk_in_len;
+  /* The codec of the peer's last message: replies, pushes and download
+   * parts answer with it (reader makes right).  0: none seen yet. */
+  uint8_t peer_codec;
 };
 
 typedef struct service_t {
   struct service_t *next;
   char name[CKT_MESSAGE_SERVICE_MAX + 1];
+  /* The call handler: `call` (answers at once), or `serve`/`parts` for
+   * the kind in `call_kind` (ckt/call.h); registering one clears the
+   * others. */
+  int call_kind;
+  ckt_serve_fn serve;
+  ckt_parts_fn parts;
   ckt_call_handler call;
   ckt_oneway_handler oneway;
   void *call_user, *oneway_user;
@@ -113,6 +137,10 @@ struct ckt_node {
   uint8_t psk[CKT_PSK_MAX];
   size_t psk_len;
   ckt_ed25519_key id_key[2];
+  /* Decompression on the loop thread (senders use one per thread). */
+  struct ckt_zctx *zctx;
+  /* Calls being served by asynchronous and streaming handlers. */
+  struct ckt_srvcall *srvcalls;
 };
 
 /* peer_psk.c: the pre-shared-key layer on a connection. */
@@ -128,6 +156,55 @@ int node_stream_write(ckt_stream *s, const uint8_t *frames, size_t len,
 /* Opens a sealed frame body in place when the layer is on.  CKT_OK or
  * CKT_ERR_PSK. */
 int psk_open_body(pconn *pc, uint8_t type, ckt_buf *body);
+
+/* peer_call.c: calls on streams, both sides, and message frames. */
+/* The codec a message travels with: its own, else the node's (requests)
+ * or the one the peer last used (answers: answer != 0). */
+int node_codec(ckt_node *n, const pconn *pc, const ckt_message *m, int answer);
+/* Encodes m as one frame with codec (CKT_CODEC_NONE..MAX).  Any thread.
+ * CKT_OK, CKT_ERR_TOO_LARGE, CKT_ERR_NOMEM, CKT_ERR_INVALID_ARGUMENT. */
+int node_frame_encode(ckt_node *n, const ckt_message *m, int codec,
+                      uint8_t **out, size_t *len);
+/* Decodes a message frame's body (plain or compressed; body is freed).
+ * Sets (*out)->codec.  CKT_OK or the decoders' errors. */
+int node_message_decode(ckt_node *n, uint8_t type, ckt_buf *body,
+                        ckt_message **out);
+/* Stamps an outgoing message: created, seqno, from, to. */
+void node_stamp(ckt_node *n, ckt_message *m, const char *peer,
+                uint64_t timeout_ns);
+/* Runs fn(job) on the loop: directly when already there. */
+int node_run_on_loop(ckt_node *n, ckt_post_fn fn, void *job);
+/* A CALL arrived on a peer-opened bidirectional stream whose reader is
+ * rx (an inbound one): serves it at once or hands it to an asynchronous
+ * or streaming handler (rx then becomes the call's).  Takes m. */
+void node_serve(ckt_node *n, ckt_stream *s, rxstate *rx, ckt_message *m);
+/* A message on a call's stream (either side).  Takes m.  0, or an
+ * application error to reset the stream with. */
+int call_on_message(rxstate *rx, ckt_stream *s, ckt_message *m);
+int srvcall_on_message(rxstate *rx, ckt_stream *s, ckt_message *m);
+/* The stream of a call (either side) is gone; app_error as the
+ * endpoint gave it. */
+void call_on_stream_closed(rxstate *rx, uint64_t app_error);
+void srvcall_on_stream_closed(rxstate *rx, uint64_t app_error);
+/* A frame on a call's stream did not decode. */
+void call_malformed(rxstate *rx);
+void srvcall_malformed(rxstate *rx);
+/* The peer acknowledged data on a call's stream. */
+void call_acked(rxstate *rx);
+void srvcall_acked(rxstate *rx);
+/* Opens streams for calls waiting on pc. */
+void calls_pump(pconn *pc);
+/* Moves calls still waiting for a stream from `from` to `to`. */
+void calls_adopt(pconn *to, pconn *from);
+/* Finishes every call on pc with err and why (the connection is gone). */
+void calls_conn_lost(pconn *pc, int err, const char *why);
+/* Frees what handlers still hold (the node is being freed). */
+void srvcalls_free_all(ckt_node *n);
+/* peer_node.c: the service entry for name, copied under the lock (NULL
+ * members when there is none). */
+void node_service_lookup(ckt_node *n, const char *name, service_t *out);
+/* Feeds a resumed stream what it held while paused. */
+void node_stream_resume(ckt_stream *s);
 
 /* peer_sim.c: the simulation's built-in identity for host `index`: a
  * certificate and key derived from the index, signed by the built-in CA

@@ -21,22 +21,9 @@
 #include <time.h>
 
 #include "core_util.h"
+#include "fragment_zstd.h"
 #include "peer_int.h"
 #include "tls_known.h"
-
-struct call_t {
-  rxstate rx; /* first: stream user pointers cast to rxstate */
-  ckt_node *n;
-  pconn *pc;
-  ckt_stream *stream;
-  ckt_timer *timer;
-  uint8_t *frame;
-  size_t frame_len;
-  ckt_call_done done;
-  void *user;
-  uint64_t id;
-  struct call_t *next, *prev;
-};
 
 typedef struct inbound {
   rxstate rx;
@@ -93,30 +80,6 @@ int node_on_loop(ckt_node *n) {
 
 /* ---- frames ------------------------------------------------------------- */
 
-/* Encodes m as one frame.  CKT_OK, CKT_ERR_TOO_LARGE, CKT_ERR_NOMEM,
- * CKT_ERR_INVALID_ARGUMENT. */
-static int frame_encode(ckt_node *n, const ckt_message *m, uint8_t **out,
-                        size_t *len) {
-  ckt_buf b;
-  int rv;
-  if (m->payload_len > n->lim.max_payload) {
-    return CKT_ERR_TOO_LARGE;
-  }
-  ckt_buf_init(&b, ckt_message_encoded_max(&n->lim) + CKT_FRAME_HEADER_LEN);
-  rv = ckt_buf_append(&b, "\0\0\0\0\0", CKT_FRAME_HEADER_LEN);
-  if (rv == CKT_OK) {
-    rv = ckt_message_encode(m, &b);
-  }
-  if (rv != CKT_OK) {
-    ckt_buf_free(&b);
-    return rv;
-  }
-  ckt_frame_header_encode(b.data, CKT_FRAME_MESSAGE,
-                          (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
-  *out = ckt_buf_release(&b, len);
-  return *out ? CKT_OK : CKT_ERR_NOMEM;
-}
-
 void node_rx_clear(rxstate *rx) {
   ckt_buf_free(&rx->body);
   rx->hdr_got = 0;
@@ -127,10 +90,16 @@ void node_rx_clear(rxstate *rx) {
  * or thrown away: until then it counts against the peer's window, which
  * bounds what a peer can make us buffer. */
 void node_rx_credit(ckt_conn *conn, rxstate *rx) {
-  if (rx->credit) {
-    ckt_conn_credit(conn, rx->credit);
-    rx->credit = 0;
+  uint64_t amt = rx->credit;
+  if (rx->precredited) { /* held while paused: credited then */
+    uint64_t d = amt < rx->precredited ? amt : rx->precredited;
+    amt -= d;
+    rx->precredited -= d;
   }
+  if (amt) {
+    ckt_conn_credit(conn, amt);
+  }
+  rx->credit = 0;
 }
 
 /* Reads one frame from stream bytes.  The body buffer grows with what
@@ -278,100 +247,12 @@ int node_pconn_get(ckt_node *n, const ckt_addr *addr, pconn **out) {
   return CKT_OK;
 }
 
-/* ---- calls (caller side) ------------------------------------------------ */
-
-static void call_unlink(call_t *c) {
-  pconn *pc = c->pc;
-  if (!pc) {
-    return;
-  }
-  if (c->prev) {
-    c->prev->next = c->next;
-  } else {
-    pc->calls = c->next;
-  }
-  if (c->next) {
-    c->next->prev = c->prev;
-  }
-  c->pc = NULL;
-  c->next = c->prev = NULL;
-}
-
-static void call_finish(call_t *c, int err, ckt_message *reply,
-                        const char *why) {
-  ckt_node *n = c->n;
-  call_unlink(c);
-  if (c->timer) {
-    n->rt->ops->timer_free(n->rt, c->timer);
-  }
-  if (c->stream) {
-    node_rx_credit(ckt_stream_conn(c->stream), &c->rx);
-    ckt_stream_set_user(c->stream, NULL);
-    if (err != CKT_OK && err != CKT_ERR_REMOTE && err != CKT_ERR_NO_SERVICE) {
-      ckt_stream_reset(c->stream, APP_CANCELED);
-    }
-  }
-  if (!reply) {
-    reply = ckt_message_new();
-    if (reply) {
-      reply->type = CKT_MSG_ERROR;
-      reply->call_id = c->id;
-      ckt_message_set_err(reply, why ? why : ckt_strerror(err));
-    }
-  }
-  if (err == CKT_OK) {
-    CKT_COUNTER_ADD(n->stats.calls_answered, 1);
-  } else {
-    CKT_COUNTER_ADD(n->stats.calls_failed, 1);
-  }
-  if (reply) {
-    c->done(n, err, reply, c->user);
-    ckt_message_free(reply);
-  } else {
-    ckt_message fallback;
-    memset(&fallback, 0, sizeof(fallback));
-    fallback.type = CKT_MSG_ERROR;
-    fallback.err = (char *)(uintptr_t) "out of memory";
-    c->done(n, err == CKT_OK ? CKT_ERR_NOMEM : err, &fallback, c->user);
-  }
-  node_rx_clear(&c->rx);
-  free(c->frame);
-  free(c);
-}
-
-static void call_timeout(void *arg) {
-  call_t *c = arg;
-  char why[256];
-  snprintf(why, sizeof(why), "no reply from %s within the deadline",
-           c->pc ? c->pc->name : "the peer");
-  call_finish(c, CKT_ERR_TIMEOUT, NULL, why);
-}
-
 /* Opens streams for calls and one-way messages waiting on pc. */
 void node_pconn_pump(pconn *pc) {
-  call_t *c;
   if (!ckt_conn_is_ready(pc->conn) || (pc->psk_on && !pc->psk_ready)) {
     return;
   }
-  for (c = pc->calls; c; c = c->next) {
-    if (c->stream) {
-      continue;
-    }
-    if (ckt_conn_open_stream(pc->conn, 1, c, &c->stream) != CKT_OK) {
-      c->stream = NULL;
-      return; /* stream limit: streams_available brings us back */
-    }
-    if (node_stream_write(c->stream, c->frame, c->frame_len, 1) != CKT_OK) {
-      /* The connection will not take it: give the stream back; the call
-       * waits for another chance or its deadline. */
-      ckt_stream_set_user(c->stream, NULL);
-      ckt_stream_reset(c->stream, APP_CANCELED);
-      c->stream = NULL;
-      return;
-    }
-    free(c->frame);
-    c->frame = NULL;
-  }
+  calls_pump(pc);
   while (pc->ow_head) {
     oneway *o = pc->ow_head;
     ckt_stream *s;
@@ -392,188 +273,13 @@ void node_pconn_pump(pconn *pc) {
   circuit_pump(pc);
 }
 
-typedef struct call_job {
-  ckt_node *n;
-  ckt_addr addr;
-  call_t *c;
-  uint64_t timeout_ns;
-} call_job;
-
-static void call_start(void *arg) {
-  call_job *job = arg;
-  ckt_node *n = job->n;
-  call_t *c = job->c;
-  pconn *pc;
-  char why[256];
-  int rv;
-
-  rv = node_pconn_get(n, &job->addr, &pc);
-  if (rv != CKT_OK) {
-    char who[CKT_ADDR_STRLEN];
-    ckt_addr_format(&job->addr, who, sizeof(who));
-    snprintf(why, sizeof(why), "cannot call %s: %s", who, ckt_strerror(rv));
-    free(job);
-    call_finish(c, rv == CKT_ERR_CLOSED ? CKT_ERR_CLOSED : CKT_ERR_CONNECTION,
-                NULL, why);
-    return;
-  }
-  c->timer = n->rt->ops->timer_new(n->rt, call_timeout, c);
-  if (!c->timer) {
-    free(job);
-    call_finish(c, CKT_ERR_NOMEM, NULL, "out of memory");
-    return;
-  }
-  n->rt->ops->timer_arm(n->rt, c->timer,
-                        n->rt->ops->now(n->rt) + job->timeout_ns);
-  free(job);
-  c->pc = pc;
-  c->next = pc->calls;
-  if (pc->calls) {
-    pc->calls->prev = c;
-  }
-  pc->calls = c;
-  CKT_COUNTER_ADD(n->stats.calls_sent, 1);
-  node_pconn_pump(pc);
-}
-
-/* Runs fn(job) on the loop: directly when already there. */
-static int run_on_loop(ckt_node *n, ckt_post_fn fn, void *job) {
-  if (node_on_loop(n)) {
-    fn(job);
-    return CKT_OK;
-  }
-  return n->rt->ops->post(n->rt, fn, job);
-}
-
-static void stamp(ckt_node *n, ckt_message *m, const char *peer,
-                  uint64_t timeout_ns) {
-  m->created_ns = n->rt->ops->wall(n->rt);
-  m->deadline_ns = timeout_ns ? m->created_ns + (int64_t)timeout_ns : 0;
-  m->seqno = __atomic_add_fetch(&n->next_seqno, 1, __ATOMIC_RELAXED);
-  ckt_message_set_from(m, n->address);
-  ckt_message_set_to(m, peer);
-}
-
-int ckt_node_call_async(ckt_node *n, const char *peer, ckt_message *req,
-                        uint32_t timeout_ms, ckt_call_done done, void *user) {
-  call_job *job;
-  call_t *c;
-  uint64_t timeout_ns;
-  int rv;
-
-  if (!n || !peer || !req || !done) {
-    ckt_message_free(req);
-    return CKT_ERR_INVALID_ARGUMENT;
-  }
-  if (node_stopping(n)) {
-    ckt_message_free(req);
-    return CKT_ERR_CLOSED;
-  }
-  c = calloc(1, sizeof(*c));
-  job = calloc(1, sizeof(*job));
-  if (!c || !job) {
-    free(c);
-    free(job);
-    ckt_message_free(req);
-    return CKT_ERR_NOMEM;
-  }
-  if (node_parse_addr(n, peer, &job->addr) != CKT_OK) {
-    free(c);
-    free(job);
-    ckt_message_free(req);
-    return CKT_ERR_INVALID_ARGUMENT;
-  }
-  timeout_ns =
-      (uint64_t)(timeout_ms ? timeout_ms : n->cfg.call_timeout_ms) * 1000000ull;
-  c->rx.kind = RX_CALL;
-  c->n = n;
-  c->done = done;
-  c->user = user;
-  c->id = __atomic_add_fetch(&n->next_call_id, 1, __ATOMIC_RELAXED);
-  req->type = CKT_MSG_CALL;
-  req->call_id = c->id;
-  stamp(n, req, peer, timeout_ns);
-  rv = frame_encode(n, req, &c->frame, &c->frame_len);
-  ckt_message_free(req);
-  if (rv != CKT_OK) {
-    free(c);
-    free(job);
-    return rv;
-  }
-  job->n = n;
-  job->c = c;
-  job->timeout_ns = timeout_ns;
-  rv = run_on_loop(n, call_start, job);
-  if (rv != CKT_OK) {
-    free(c->frame);
-    free(c);
-    free(job);
-  }
-  return rv;
-}
-
-typedef struct sync_call {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done, err;
-  ckt_message *reply;
-} sync_call;
-
-static void sync_done(ckt_node *n, int err, const ckt_message *reply,
-                      void *user) {
-  sync_call *sc = user;
-  ckt_message *copy = NULL;
-  (void)n;
-  if (ckt_message_copy(reply, &copy) != CKT_OK) {
-    copy = NULL;
-  }
-  pthread_mutex_lock(&sc->mu);
-  sc->err = err;
-  sc->reply = copy;
-  sc->done = 1;
-  pthread_cond_signal(&sc->cv);
-  pthread_mutex_unlock(&sc->mu);
-}
-
-int ckt_node_call(ckt_node *n, const char *peer, ckt_message *req,
-                  uint32_t timeout_ms, ckt_message **reply) {
-  sync_call sc;
-  int rv;
-  if (reply) {
-    *reply = NULL;
-  }
-  if (n && node_on_loop(n)) {
-    ckt_message_free(req);
-    return CKT_ERR_INVALID_ARGUMENT; /* would wait on itself forever */
-  }
-  memset(&sc, 0, sizeof(sc));
-  pthread_mutex_init(&sc.mu, NULL);
-  pthread_cond_init(&sc.cv, NULL);
-  rv = ckt_node_call_async(n, peer, req, timeout_ms, sync_done, &sc);
-  if (rv == CKT_OK) {
-    pthread_mutex_lock(&sc.mu);
-    while (!sc.done) {
-      pthread_cond_wait(&sc.cv, &sc.mu);
-    }
-    pthread_mutex_unlock(&sc.mu);
-    rv = sc.err;
-    if (reply) {
-      *reply = sc.reply;
-    } else {
-      ckt_message_free(sc.reply);
-    }
-  }
-  pthread_cond_destroy(&sc.cv);
-  pthread_mutex_destroy(&sc.mu);
-  return rv;
-}
-
 /* ---- one-way messages and pushes --------------------------------------- */
 
 typedef struct send_job {
   ckt_node *n;
   ckt_addr addr;
   int push;
+  ckt_message *msg; /* a push still to encode, or NULL */
   uint8_t *frame;
   size_t frame_len;
 } send_job;
@@ -591,8 +297,17 @@ static void send_start(void *arg) {
   } else if (node_pconn_get(n, &job->addr, &pc) != CKT_OK) {
     pc = NULL;
   }
+  if (pc && job->msg) {
+    if (node_frame_encode(n, job->msg, node_codec(n, pc, job->msg, 1),
+                          &job->frame, &job->frame_len) != CKT_OK) {
+      pc = NULL;
+    }
+    ckt_message_free(job->msg);
+    job->msg = NULL;
+  }
   o = pc ? malloc(sizeof(*o)) : NULL;
   if (!o) {
+    ckt_message_free(job->msg);
     free(job->frame);
     free(job);
     return;
@@ -743,17 +458,26 @@ static int send_common(ckt_node *n, const char *peer, ckt_message *msg,
     }
   }
   msg->type = push ? CKT_MSG_PUSH : CKT_MSG_ONEWAY;
-  stamp(n, msg, peer, 0);
-  rv = frame_encode(n, msg, &job->frame, &job->frame_len);
-  ckt_message_free(msg);
+  node_stamp(n, msg, peer, 0);
+  if (push && msg->codec == CKT_CODEC_AUTO) {
+    /* Encoded on the loop, in the codec the client last used. */
+    rv = msg->payload_len > n->lim.max_payload ? CKT_ERR_TOO_LARGE : CKT_OK;
+    job->msg = msg;
+  } else {
+    rv = node_frame_encode(n, msg, node_codec(n, NULL, msg, push), &job->frame,
+                           &job->frame_len);
+    ckt_message_free(msg);
+  }
   if (rv != CKT_OK) {
+    ckt_message_free(job->msg);
     free(job);
     return rv;
   }
   job->n = n;
   job->push = push;
-  rv = run_on_loop(n, send_start, job);
+  rv = node_run_on_loop(n, send_start, job);
   if (rv != CKT_OK) {
+    ckt_message_free(job->msg);
     free(job->frame);
     free(job);
   }
@@ -815,8 +539,12 @@ static int name_ok(const char *name) {
   return name && *name && strlen(name) <= CKT_MESSAGE_SERVICE_MAX;
 }
 
-static int register_handler(ckt_node *n, const char *name,
-                            ckt_call_handler call, ckt_oneway_handler ow,
+/* Registers a call handler of one kind (fn: ckt_call_handler for a
+ * synchronous one, ckt_serve_fn or ckt_parts_fn by kind) or a one-way
+ * handler (ow). */
+static int register_handler(ckt_node *n, const char *name, int kind,
+                            ckt_call_handler call, ckt_serve_fn serve,
+                            ckt_parts_fn parts, ckt_oneway_handler ow,
                             void *user) {
   service_t *s;
   if (!n || !name_ok(name)) {
@@ -824,12 +552,15 @@ static int register_handler(ckt_node *n, const char *name,
   }
   pthread_mutex_lock(&n->mu);
   if ((s = service_entry(n, name)) != NULL) {
-    if (call) {
-      s->call = call;
-      s->call_user = user;
-    } else {
+    if (ow) {
       s->oneway = ow;
       s->oneway_user = user;
+    } else {
+      s->call_kind = kind;
+      s->call = call;
+      s->serve = serve;
+      s->parts = parts;
+      s->call_user = user;
     }
   }
   pthread_mutex_unlock(&n->mu);
@@ -890,100 +621,63 @@ int ckt_node_post(ckt_node *n, void (*fn)(void *arg), void *arg) {
 
 int ckt_node_register_call(ckt_node *n, const char *service,
                            ckt_call_handler fn, void *user) {
-  return fn ? register_handler(n, service, fn, NULL, user)
+  return fn ? register_handler(n, service, CKT_CALL_UNARY, fn, NULL, NULL, NULL,
+                               user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+int ckt_node_register_async(ckt_node *n, const char *service, ckt_serve_fn fn,
+                            void *user) {
+  return fn ? register_handler(n, service, CKT_CALL_UNARY, NULL, fn, NULL, NULL,
+                               user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+int ckt_node_register_upload(ckt_node *n, const char *service, ckt_parts_fn fn,
+                             void *user) {
+  return fn ? register_handler(n, service, CKT_CALL_UPLOAD, NULL, NULL, fn,
+                               NULL, user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+int ckt_node_register_download(ckt_node *n, const char *service,
+                               ckt_serve_fn fn, void *user) {
+  return fn ? register_handler(n, service, CKT_CALL_DOWNLOAD, NULL, fn, NULL,
+                               NULL, user)
+            : CKT_ERR_INVALID_ARGUMENT;
+}
+
+int ckt_node_register_bistream(ckt_node *n, const char *service,
+                               ckt_parts_fn fn, void *user) {
+  return fn ? register_handler(n, service, CKT_CALL_BISTREAM, NULL, NULL, fn,
+                               NULL, user)
             : CKT_ERR_INVALID_ARGUMENT;
 }
 
 int ckt_node_register_oneway(ckt_node *n, const char *service,
                              ckt_oneway_handler fn, void *user) {
-  return fn ? register_handler(n, service, NULL, fn, user)
+  return fn ? register_handler(n, service, 0, NULL, NULL, NULL, fn, user)
             : CKT_ERR_INVALID_ARGUMENT;
 }
 
-static void lookup_handlers(ckt_node *n, const char *name,
-                            ckt_call_handler *call, void **call_user,
-                            ckt_oneway_handler *ow, void **ow_user) {
+void node_service_lookup(ckt_node *n, const char *name, service_t *out) {
   service_t *s;
+  memset(out, 0, sizeof(*out));
   pthread_mutex_lock(&n->mu);
   s = service_find(n, name);
-  *call = s ? s->call : NULL;
-  *call_user = s ? s->call_user : NULL;
-  *ow = s ? s->oneway : NULL;
-  *ow_user = s ? s->oneway_user : NULL;
+  if (s) {
+    *out = *s;
+    out->next = NULL;
+  }
   pthread_mutex_unlock(&n->mu);
 }
 
-static void serve_call(ckt_node *n, ckt_stream *s, ckt_message *req) {
-  ckt_call_handler fn;
-  ckt_oneway_handler ow;
-  void *user, *ow_user;
-  ckt_message *reply = ckt_message_new();
-  uint8_t *frame;
-  size_t len;
-  int rv;
-
-  if (!reply) {
-    ckt_stream_reset(s, APP_MALFORMED);
-    return;
-  }
-  reply->type = CKT_MSG_REPLY;
-  reply->call_id = req->call_id;
-  reply->serial = req->serial;
-  ckt_message_set_service(reply, req->service);
-  lookup_handlers(n, req->service, &fn, &user, &ow, &ow_user);
-  if (req->deadline_ns && n->rt->ops->wall(n->rt) > req->deadline_ns) {
-    reply->type = CKT_MSG_ERROR;
-    ckt_message_set_err(reply, "the deadline passed before the call ran");
-  } else if (!fn) {
-    char why[CKT_MESSAGE_SERVICE_MAX + 64];
-    reply->type = CKT_MSG_ERROR;
-    snprintf(why, sizeof(why), "no service '%s' on this node", req->service);
-    ckt_message_set_err(reply, why);
-    ckt_message_set_arg(reply, "ckt.status", "no-service");
-  } else {
-    CKT_COUNTER_ADD(n->stats.calls_served, 1);
-    rv = fn(n, req, reply, user);
-    if (rv != 0) {
-      reply->type = CKT_MSG_ERROR;
-      if (!reply->err || !*reply->err) {
-        ckt_message_set_err(reply, "the handler failed");
-      }
-    }
-  }
-  reply->created_ns = n->rt->ops->wall(n->rt);
-  ckt_message_set_from(reply, n->address);
-  ckt_message_set_to(reply, req->from);
-  rv = frame_encode(n, reply, &frame, &len);
-  if (rv == CKT_ERR_TOO_LARGE) {
-    /* Tell the caller rather than leave it waiting for its timeout. */
-    ckt_message *err = ckt_message_new();
-    if (err) {
-      err->type = CKT_MSG_ERROR;
-      err->call_id = req->call_id;
-      ckt_message_set_err(err, "the reply exceeds the maximum message size");
-      rv = frame_encode(n, err, &frame, &len);
-      ckt_message_free(err);
-    }
-  }
-  ckt_message_free(reply);
-  if (rv != CKT_OK) {
-    ckt_stream_reset(s, APP_MALFORMED);
-    return;
-  }
-  if (node_stream_write(s, frame, len, 1) != CKT_OK) {
-    ckt_stream_reset(s, APP_MALFORMED);
-  }
-  free(frame);
-}
-
 static void serve_oneway(ckt_node *n, ckt_message *msg) {
-  ckt_call_handler fn;
-  ckt_oneway_handler ow;
-  void *user, *ow_user;
-  lookup_handlers(n, msg->service, &fn, &user, &ow, &ow_user);
+  service_t svc;
+  node_service_lookup(n, msg->service, &svc);
   CKT_COUNTER_ADD(n->stats.oneways_received, 1);
-  if (ow) {
-    ow(n, msg, ow_user);
+  if (svc.oneway) {
+    svc.oneway(n, msg, svc.oneway_user);
   } else {
     node_log(n, "dropped a one-way message for unknown service '%s' from %s",
              msg->service, msg->from);
@@ -1003,16 +697,7 @@ static void adopt_waiting(pconn *pc) {
         !ckt_addr_equal(&o->addr, &pc->addr)) {
       continue;
     }
-    while (o->calls && !o->calls->stream) {
-      call_t *c = o->calls;
-      call_unlink(c);
-      c->pc = pc;
-      c->next = pc->calls;
-      if (pc->calls) {
-        pc->calls->prev = c;
-      }
-      pc->calls = c;
-    }
+    calls_adopt(pc, o);
     while (o->ow_head) {
       oneway *w = o->ow_head;
       o->ow_head = w->next;
@@ -1068,9 +753,7 @@ static void on_conn_closed(ckt_conn *conn, int err, const char *why,
    * not queue on the connection that is going away. */
   pconn_unlink(pc);
   ckt_conn_set_user(conn, NULL);
-  while (pc->calls) {
-    call_finish(pc->calls, call_err, NULL, why);
-  }
+  calls_conn_lost(pc, call_err, why);
   circuit_conn_lost(pc, why);
   pconn_free(pc);
 }
@@ -1103,24 +786,6 @@ static int on_stream_opened(ckt_conn *conn, ckt_stream *s, void *user) {
   return 0;
 }
 
-static void finish_reply(call_t *c, ckt_message *m) {
-  int err = CKT_OK;
-  if (m->type == CKT_MSG_ERROR) {
-    const char *st = ckt_message_get_arg(m, "ckt.status");
-    err = !st                             ? CKT_ERR_REMOTE
-          : strcmp(st, "no-service") == 0 ? CKT_ERR_NO_SERVICE
-          : strcmp(st, "limit") == 0      ? CKT_ERR_LIMIT
-                                          : CKT_ERR_REMOTE;
-  } else if (m->type != CKT_MSG_REPLY || m->call_id != c->id) {
-    ckt_message_free(m);
-    call_finish(c, CKT_ERR_CONNECTION, NULL,
-                "the peer answered with a malformed reply");
-    return;
-  }
-  c->stream = NULL; /* complete: the stream ends on its own */
-  call_finish(c, err, m, NULL);
-}
-
 /* Drops an inbound stream's state after a bad frame: its bytes are
  * credited back and nothing more is read from it. */
 static void inbound_drop(ckt_conn *conn, ckt_stream *s, rxstate *rx,
@@ -1132,32 +797,38 @@ static void inbound_drop(ckt_conn *conn, ckt_stream *s, rxstate *rx,
   free(rx);
 }
 
-/* A message frame arrived on a call or inbound stream.  Returns 0, or an
- * application error code to reset the stream with. */
+/* A message frame arrived on a call's or an inbound stream: hands it on
+ * (takes m).  Returns 0, or an application error code to reset the
+ * stream with. */
 static int on_message(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
                       ckt_message *m, size_t unread) {
   pconn *pc = ckt_conn_user(conn);
-  if (rx->kind == RX_CALL) {
-    ckt_stream_set_user(s, NULL);
-    ckt_conn_credit(conn, unread); /* nothing may follow a reply */
-    finish_reply((call_t *)rx, m);
-    return 0;
+  if (pc) {
+    /* Reader makes right: answers to this peer use its latest codec. */
+    pc->peer_codec = m->codec;
   }
-  /* Inbound: trust the transport for who sent it. */
+  if (rx->kind == RX_CALL) {
+    return call_on_message(rx, s, m);
+  }
+  /* From the peer: trust the transport for who sent it. */
   if (pc) {
     ckt_message_set_from(m, pc->name);
   }
+  if (rx->kind == RX_SRVCALL) {
+    return srvcall_on_message(rx, s, m);
+  }
   if (m->type == CKT_MSG_CALL && (ckt_stream_id(s) & 0x2) == 0) {
-    serve_call(n, s, m);
-  } else if (m->type == CKT_MSG_ONEWAY || m->type == CKT_MSG_PUSH) {
+    node_serve(n, s, rx, m);
+    return 0;
+  }
+  if (m->type == CKT_MSG_ONEWAY || m->type == CKT_MSG_PUSH) {
     serve_oneway(n, m);
-  } else {
     ckt_message_free(m);
-    inbound_drop(conn, s, rx, unread);
-    return APP_MALFORMED;
+    return 0;
   }
   ckt_message_free(m);
-  return 0;
+  inbound_drop(conn, s, rx, unread);
+  return APP_MALFORMED;
 }
 
 /* The first frame of a peer-opened bidirectional stream may be a
@@ -1182,37 +853,37 @@ static int on_open(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
   return 0;
 }
 
-static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
-                          size_t len, int fin, void *user) {
-  ckt_node *n = user;
-  rxstate *rx = ckt_stream_user(s);
+/* Reads frames from stream bytes and hands them on.  `held`: the bytes
+ * come from rx->held (a paused stream resumed): the connection already
+ * credited them.  Returns 0, or an application error code to reset the
+ * stream with. */
+static int stream_input(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
+                        const uint8_t *data, size_t len, int held) {
   pconn *pc = ckt_conn_user(conn);
-  size_t chunk = len;
-  int was_circuit = rx && rx->kind == RX_CIRCUIT;
-  (void)fin;
-  if (rx && rx->kind == RX_PSK) {
-    ckt_conn_credit(conn, len);
-    if (pc) {
-      psk_input(pc, data, len);
-    }
-    return 0;
-  }
-  if (rx && rx->kind == RX_INBOUND && pc && !pc->psk_on &&
-      (ckt_stream_id(s) & 2) && (ckt_stream_id(s) >> 2) == 0 && len >= 7 &&
-      memcmp(data, "CKTPSK1", 7) == 0) {
-    ckt_conn_close(conn, APP_PSK,
-                   "the peer uses a pre-shared key (-psk) and this node has "
-                   "none");
-    return 0;
-  }
-  if (was_circuit) {
-    circuit_received(rx, len); /* stream credit, unless its reader lags */
-  }
   while (rx && len > 0) {
     ckt_message *m = NULL;
     ckt_buf body;
     uint8_t type;
-    int rv = node_rx_frame(n, rx, &data, &len, &type, &body);
+    int rv;
+    if (rx->paused) {
+      /* Kept until resumed (at most the stream's window: its credit is
+       * withheld), and credited to the connection now so that other
+       * streams go on. */
+      if (!rx->held.limit) {
+        ckt_buf_init(&rx->held, SIZE_MAX);
+      }
+      if (ckt_buf_append(&rx->held, data, len) != CKT_OK) {
+        ckt_conn_credit(conn, len);
+        rv = CKT_ERR_NOMEM;
+        goto malformed;
+      }
+      if (!held) {
+        ckt_conn_credit(conn, len);
+        rx->precredited += len;
+      }
+      return 0;
+    }
+    rv = node_rx_frame(n, rx, &data, &len, &type, &body);
     if (rv == 0) {
       break;
     }
@@ -1233,14 +904,14 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
         return rv;
       }
     } else if (rv > 0) {
-      rv = type == CKT_FRAME_MESSAGE
-               ? ckt_message_decode(body.data, body.len, &n->lim, &m)
-               : CKT_ERR_FORMAT;
-      ckt_buf_free(&body);
+      rv = node_message_decode(n, type, &body, &m);
       if (rv == CKT_OK) {
         node_rx_credit(conn, rx); /* the frame is decoded: its bytes are free */
         rv = on_message(n, conn, s, rx, m, len);
-        if (rv != 0 || ckt_stream_user(s) != rx) {
+        if (rv != 0) {
+          if (ckt_stream_user(s)) {
+            ckt_conn_credit(conn, len);
+          }
           return rv;
         }
         rx = ckt_stream_user(s);
@@ -1248,13 +919,16 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
       }
     }
     if (rv < 0) {
+    malformed:
       node_log(n, "malformed frame from %s: %s; stream reset",
                pc ? pc->name : "a peer", ckt_strerror(rv));
       if (rx->kind == RX_CALL) {
         rx->credit += len;
         node_rx_credit(conn, rx);
-        call_finish((call_t *)rx, CKT_ERR_CONNECTION, NULL,
-                    "the peer sent a malformed reply");
+        call_malformed(rx);
+      } else if (rx->kind == RX_SRVCALL) {
+        ckt_conn_credit(conn, len);
+        srvcall_malformed(rx);
       } else if (rx->kind == RX_CIRCUIT) {
         ckt_conn_credit(conn, len);
         circuit_malformed(rx, ckt_strerror(rv)); /* both ends hear it */
@@ -1265,14 +939,72 @@ static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
     }
     rx = ckt_stream_user(s);
   }
-  if (!rx && len > 0) {
+  if (!rx && len > 0 && !held) {
     ckt_conn_credit(conn, len); /* a stream we gave up on: discard */
   }
-  if (!was_circuit && rx && rx->kind == RX_CIRCUIT) {
-    /* This chunk opened the circuit (its stream credit is manual now). */
-    circuit_received(rx, chunk);
-  }
   return 0;
+}
+
+void node_stream_resume(ckt_stream *s) {
+  rxstate *rx = ckt_stream_user(s);
+  ckt_conn *conn = ckt_stream_conn(s);
+  pconn *pc = ckt_conn_user(conn);
+  ckt_buf held;
+  int rv;
+  if (!rx || !pc || rx->paused || !rx->held.len) {
+    return;
+  }
+  held = rx->held;
+  ckt_buf_init(&rx->held, SIZE_MAX);
+  rv = stream_input(pc->n, conn, s, rx, held.data, held.len, 1);
+  free(held.data);
+  if (rv > 0) {
+    ckt_stream_reset(s, (uint64_t)rv);
+  }
+}
+
+static int on_stream_data(ckt_conn *conn, ckt_stream *s, const uint8_t *data,
+                          size_t len, int fin, void *user) {
+  ckt_node *n = user;
+  rxstate *rx = ckt_stream_user(s);
+  pconn *pc = ckt_conn_user(conn);
+  int was_manual = rx && (rx->kind == RX_CIRCUIT || rx->manual);
+  int rv;
+  (void)fin;
+  if (rx && rx->kind == RX_PSK) {
+    ckt_conn_credit(conn, len);
+    if (pc) {
+      psk_input(pc, data, len);
+    }
+    return 0;
+  }
+  if (rx && rx->kind == RX_INBOUND && pc && !pc->psk_on &&
+      (ckt_stream_id(s) & 2) && (ckt_stream_id(s) >> 2) == 0 && len >= 7 &&
+      memcmp(data, "CKTPSK1", 7) == 0) {
+    ckt_conn_close(conn, APP_PSK,
+                   "the peer uses a pre-shared key (-psk) and this node has "
+                   "none");
+    return 0;
+  }
+  if (rx && rx->kind == RX_CIRCUIT) {
+    circuit_received(rx, len); /* stream credit, unless its reader lags */
+  } else if (rx && rx->manual) {
+    if (rx->paused) {
+      rx->owed += len;
+    } else {
+      ckt_stream_credit(s, len);
+    }
+  }
+  rv = stream_input(n, conn, s, rx, data, len, 0);
+  rx = ckt_stream_user(s);
+  if (!was_manual && rx && rx->kind == RX_CIRCUIT) {
+    /* This chunk opened the circuit (its stream credit is manual now). */
+    circuit_received(rx, len);
+  } else if (!was_manual && rx && rx->manual) {
+    /* This chunk started a streaming call (its credit is manual now). */
+    ckt_stream_credit(s, len);
+  }
+  return rv;
 }
 
 static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
@@ -1285,14 +1017,11 @@ static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
   ckt_stream_set_user(s, NULL);
   node_rx_credit(conn, rx); /* a partial frame thrown away */
   if (rx->kind == RX_CALL) {
-    call_t *c = (call_t *)rx;
-    char why[128];
-    c->stream = NULL;
-    snprintf(why, sizeof(why),
-             "the peer closed the call's stream without a reply (code %" PRIu64
-             ")",
-             app_error);
-    call_finish(c, CKT_ERR_CONNECTION, NULL, why);
+    call_on_stream_closed(rx, app_error);
+    return;
+  }
+  if (rx->kind == RX_SRVCALL) {
+    srvcall_on_stream_closed(rx, app_error);
     return;
   }
   if (rx->kind == RX_CIRCUIT) {
@@ -1300,14 +1029,22 @@ static void on_stream_closed(ckt_conn *conn, ckt_stream *s, uint64_t app_error,
     return;
   }
   node_rx_clear(rx);
+  ckt_buf_free(&rx->held);
   free(rx);
 }
 
 static void on_stream_acked(ckt_conn *conn, ckt_stream *s, void *user) {
   rxstate *rx = ckt_stream_user(s);
   (void)conn, (void)user;
-  if (rx && rx->kind == RX_CIRCUIT) {
+  if (!rx) {
+    return;
+  }
+  if (rx->kind == RX_CIRCUIT) {
     circuit_writable(s, rx);
+  } else if (rx->kind == RX_CALL) {
+    call_acked(rx);
+  } else if (rx->kind == RX_SRVCALL) {
+    srvcall_acked(rx);
   }
 }
 
@@ -1533,7 +1270,9 @@ static int node_alloc(const ckt_node_config *cfg, int default_certs,
   if (n->circuit_queue_max > (1ull << 40)) {
     n->circuit_queue_max = 1ull << 40; /* no overflow in what is added */
   }
-  n->frame_max = ckt_message_encoded_max(&n->lim);
+  /* A message frame may be compressed, or stored behind the compressed
+   * frame's prefix. */
+  n->frame_max = ckt_message_encoded_max(&n->lim) + CKT_ZFRAME_PREFIX_LEN;
   if (ckt_fragment_encoded_max(&n->flim) > n->frame_max) {
     n->frame_max = ckt_fragment_encoded_max(&n->flim);
   }
@@ -1766,9 +1505,7 @@ static void stop_finish(void *arg) {
   ckt_node *n = arg;
   while (n->conns) {
     pconn *pc = n->conns;
-    while (pc->calls) {
-      call_finish(pc->calls, CKT_ERR_CLOSED, NULL, "the node is stopping");
-    }
+    calls_conn_lost(pc, CKT_ERR_CLOSED, "the node is stopping");
     if (pc->conn) {
       ckt_conn_close(pc->conn, 0, "node stopping"); /* frees pc */
     } else {
@@ -1854,13 +1591,13 @@ void ckt_node_free(ckt_node *n) {
     if (pc->conn) {
       ckt_conn_set_user(pc->conn, NULL);
     }
-    while (pc->calls) {
-      call_finish(pc->calls, CKT_ERR_CLOSED, NULL, "the node is stopping");
-    }
+    calls_conn_lost(pc, CKT_ERR_CLOSED, "the node is stopping");
     circuit_conn_lost(pc, "the node is stopping");
     pconn_free(pc);
   }
+  srvcalls_free_all(n);
   ckt_endpoint_free(n->ep);
+  ckt_zctx_free(n->zctx);
   if (n->stop_timer) {
     n->rt->ops->timer_free(n->rt, n->stop_timer);
   }

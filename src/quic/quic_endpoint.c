@@ -1717,6 +1717,15 @@ void ckt_stream_reset(ckt_stream *s, uint64_t app_error) {
   schedule_flush(c);
 }
 
+void ckt_stream_stop_reading(ckt_stream *s, uint64_t app_error) {
+  ckt_conn *c = s->conn;
+  if (c->dead || c->notified) {
+    return;
+  }
+  ngtcp2_conn_shutdown_stream_read(c->q, s->id, app_error ? app_error : 1);
+  schedule_flush(c);
+}
+
 void ckt_stream_set_manual_credit(ckt_stream *s, int on) {
   s->manual_credit = on ? 1 : 0;
 }

@@ -29,7 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size >= CKT_FRAME_HEADER_LEN &&
       ckt_frame_header_decode(data, &type, &len) == CKT_OK) {
     uint8_t hdr[CKT_FRAME_HEADER_LEN];
-    if (type != CKT_FRAME_MESSAGE && type != CKT_FRAME_FRAGMENT) {
+    if (type != CKT_FRAME_MESSAGE && type != CKT_FRAME_FRAGMENT &&
+        type != CKT_FRAME_ZMESSAGE) {
       abort();
     }
     ckt_frame_header_encode(hdr, type, len);

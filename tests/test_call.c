@@ -795,21 +795,29 @@ Test(call, every_codec_round_trips_and_answers_match_the_callers) {
   box_free(&b);
 }
 
-/* UDP payload bytes the client sent for one echo call of p. */
+/* UDP payload bytes the client sent for one echo call of p: the least of
+ * three calls, as loopback bursts may lose (and resend) packets. */
 static uint64_t bytes_for(ckt_node *cli, const char *addr, const uint8_t *p,
                           size_t len, int codec, int no_compress) {
-  ckt_node_stats s0, s1;
-  ckt_message *req = msg("echo", p, len), *reply = NULL;
-  req->codec = (uint8_t)codec;
-  if (no_compress) {
-    req->flags |= CKT_MSG_FLAG_NO_COMPRESS;
+  uint64_t best = UINT64_MAX;
+  int i;
+  for (i = 0; i < 3; ++i) {
+    ckt_node_stats s0, s1;
+    ckt_message *req = msg("echo", p, len), *reply = NULL;
+    req->codec = (uint8_t)codec;
+    if (no_compress) {
+      req->flags |= CKT_MSG_FLAG_NO_COMPRESS;
+    }
+    ckt_node_get_stats(cli, &s0);
+    cr_assert_eq(ckt_node_call(cli, addr, req, 0, &reply), CKT_OK);
+    cr_assert(reply->payload_len == len && memcmp(reply->payload, p, len) == 0);
+    ckt_message_free(reply);
+    ckt_node_get_stats(cli, &s1);
+    if (s1.bytes_sent - s0.bytes_sent < best) {
+      best = s1.bytes_sent - s0.bytes_sent;
+    }
   }
-  ckt_node_get_stats(cli, &s0);
-  cr_assert_eq(ckt_node_call(cli, addr, req, 0, &reply), CKT_OK);
-  cr_assert(reply->payload_len == len && memcmp(reply->payload, p, len) == 0);
-  ckt_message_free(reply);
-  ckt_node_get_stats(cli, &s1);
-  return s1.bytes_sent - s0.bytes_sent;
+  return best;
 }
 
 Test(call, compression_shrinks_the_wire_unless_a_message_opts_out) {

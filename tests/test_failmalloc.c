@@ -40,6 +40,7 @@
 #include "core_buf.h"
 #include "core_file.h"
 #include "fragment_codec.h"
+#include "fragment_zstd.h"
 #include "jsync_wire.h"
 #include "tls_pem.h"
 
@@ -548,6 +549,67 @@ Test(failmalloc, message) {
   fail_each("ckt_message_copy", op_message_copy, NULL, FM_NOMEM);
   fail_each("ckt_message_encode", op_message_encode, NULL, FM_NOMEM);
   fail_each("ckt_message_decode", op_message_decode, NULL, FM_NOMEM);
+}
+
+/* ---- compressed message frames ------------------------------------------ */
+
+/* Text that compresses (so zstd runs both ways) or random bytes (stored). */
+static ckt_buf zframe_input(int text) {
+  ckt_buf b;
+  uint32_t x = 7;
+  int i;
+  ckt_buf_init(&b, 1u << 20);
+  for (i = 0; i < 2000; ++i) {
+    uint8_t rnd[16];
+    size_t k;
+    for (k = 0; k < sizeof(rnd); ++k) {
+      rnd[k] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
+    }
+    cr_assert_eq(text ? ckt_buf_append_str(&b, "circuit fragment peer ")
+                      : ckt_buf_append(&b, rnd, sizeof(rnd)),
+                 CKT_OK);
+  }
+  return b;
+}
+
+/* A context, one frame encoded and decoded back: every failure is a clean
+ * CKT_ERR_NOMEM, out as it was, nothing left allocated. */
+static void op_zframe(fm_run *r, const void *arg) {
+  const int *text = arg;
+  ckt_buf in = zframe_input(*text), out, raw;
+  ckt_zctx *z = NULL;
+  int codec = 0;
+  ckt_buf_init(&out, 2u << 20);
+  cr_assert_eq(ckt_buf_append_str(&out, PREFIX), CKT_OK);
+  memset(&raw, 0, sizeof(raw));
+  FM_CALL(r, (z = ckt_zctx_new()) == NULL
+                 ? CKT_ERR_NOMEM
+                 : ckt_zframe_encode(z, CKT_CODEC_ZSTD_3, 0, in.data, in.len,
+                                     &out));
+  if (r->rv != CKT_OK) {
+    FM_CHECK(r, prefix_only(&out));
+  } else {
+    size_t pre = strlen(PREFIX) + CKT_FRAME_HEADER_LEN;
+    FM_CALL(r, ckt_zframe_decode(z, out.data + pre, out.len - pre, 1u << 20,
+                                 &raw, &codec));
+    if (r->rv == CKT_OK) {
+      FM_CHECK(r, codec == CKT_CODEC_ZSTD_3 && raw.len == in.len &&
+                      memcmp(raw.data, in.data, in.len) == 0);
+    } else {
+      FM_CHECK(r, raw.data == NULL && raw.len == 0);
+    }
+  }
+  ckt_buf_free(&raw);
+  ckt_zctx_free(z);
+  ckt_buf_free(&out);
+  ckt_buf_free(&in);
+}
+
+Test(failmalloc, zframe) {
+  static const int text = 1, random_bytes = 0;
+  fail_each("ckt_zframe_encode/decode (text)", op_zframe, &text, FM_NOMEM);
+  fail_each("ckt_zframe_encode/decode (random)", op_zframe, &random_bytes,
+            FM_NOMEM);
 }
 
 /* ---- the Fragment -------------------------------------------------------- */

@@ -214,8 +214,10 @@ else
   echo "took $ms ms" >"$work/out"
   not_ok "the cancelled call returned within 2 s"
 fi
+# (canceled) when the stream's reset arrives first; cli exits at once, so
+# the connection's close may overtake it: (connection failed or lost).
 check "srv says the call was cancelled" \
-  wait_log "$work/srv.log" "srv: call [0-9]* cancelled (canceled)"
+  wait_log "$work/srv.log" "srv: call [0-9]* cancelled ("
 
 t0=$(date +%s%N)
 expect "a call to sleep past its 300 ms deadline times out (exit 4)" 4 \

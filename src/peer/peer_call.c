@@ -554,10 +554,12 @@ int ckt_node_call_start(ckt_node *n, const char *peer, ckt_message *req,
   }
   ckt_message_free(req);
   if (rv == CKT_OK) {
-    rv = sq_append(&c->q, frame, frame_len,
-                   o->kind == CKT_CALL_UNARY || o->kind == CKT_CALL_DOWNLOAD);
+    /* The request is the first thing queued: its buffer becomes the
+     * queue's. */
+    c->q.pending.data = frame;
+    c->q.pending.len = c->q.pending.cap = frame_len;
+    c->q.fin = o->kind == CKT_CALL_UNARY || o->kind == CKT_CALL_DOWNLOAD;
     __atomic_store_n(&c->q.queued, (uint64_t)frame_len, __ATOMIC_RELEASE);
-    free(frame);
   }
   if (rv != CKT_OK) {
     sq_destroy(&c->q);

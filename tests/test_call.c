@@ -47,8 +47,12 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
 
 /* ---- helpers ------------------------------------------------------------- */
 
+/* CALL_LOG=1 shows the nodes' log lines. */
 static void quiet(void *user, const char *line) {
-  (void)user, (void)line;
+  (void)user;
+  if (getenv("CALL_LOG")) {
+    fprintf(stderr, "log %p: %s\n", user, line);
+  }
 }
 
 static ckt_node *start_node(int serve, int codec, uint64_t queue_max,
@@ -63,6 +67,7 @@ static ckt_node *start_node(int serve, int codec, uint64_t queue_max,
   cfg.codec = codec;
   cfg.max_queued_per_circuit = queue_max;
   cfg.log = quiet;
+  cfg.log_user = (void *)(uintptr_t)(serve ? 1 : 2);
   rv = ckt_node_new(&cfg, &n);
   cr_assert_eq(rv, CKT_OK, "ckt_node_new: %s", ckt_strerror(rv));
   cr_assert_eq(ckt_node_start(n), CKT_OK);
@@ -853,4 +858,60 @@ Test(call, compression_shrinks_the_wire_unless_a_message_opts_out) {
   ckt_node_free(cli);
   ckt_node_free(srv);
   box_free(&b);
+}
+
+/* Refuses every upload on its request. */
+static void refusing_handler(ckt_srvcall *sc, const ckt_message *part,
+                             int last, void *user) {
+  box *b = user;
+  ckt_message *r = ckt_message_new();
+  (void)last;
+  bump(b, &b->parts_in, 1);
+  cr_assert_eq(part->stream_part, 0, "a part after the refusal");
+  ckt_message_set_err(r, "no room for that");
+  ckt_srvcall_reply(sc, r);
+}
+
+Test(call, an_upload_refused_early_stops_the_sender_and_spares_the_connection) {
+  char addr[64];
+  ckt_node *srv = start_node(1, 0, 0, addr, sizeof(addr));
+  ckt_node *cli = start_node(0, 0, 0, NULL, 0);
+  static uint8_t p[65536];
+  const char *services[] = {"nobody", "up"};
+  ckt_message *reply = NULL;
+  box sb;
+  box_init(&sb);
+  cr_assert_eq(ckt_node_register_upload(srv, "up", refusing_handler, &sb),
+               CKT_OK);
+  cr_assert_eq(ckt_node_register_call(srv, "echo", plain_echo, NULL), CKT_OK);
+  for (int round = 0; round < 6; round++) {
+    box b;
+    ckt_call *c;
+    int k, rv = CKT_OK;
+    box_init(&b);
+    c = start(cli, addr, msg(services[round % 2], NULL, 0), CKT_CALL_UPLOAD, 0,
+              NULL, &b);
+    /* Far more than any window: the sender must be told to stop. */
+    for (k = 1; k <= 400 && rv == CKT_OK; ++k) {
+      rv = ckt_call_send(c, msg(services[round % 2], p, sizeof(p)), k == 400);
+    }
+    cr_assert_eq(wait_for(&b, &b.done, 1, 10000), 1);
+    cr_assert(rv == CKT_OK || rv == CKT_ERR_CLOSED, "%s", ckt_strerror(rv));
+    if (round % 2 == 1) {
+      cr_assert_eq(b.err, CKT_ERR_REMOTE, "round %d: %d %s", round, b.err, b.why);
+      cr_assert_str_eq(b.why, "no room for that");
+    } else {
+      cr_assert_eq(b.err, CKT_ERR_NO_SERVICE, "round %d: %d %s", round, b.err, b.why);
+    }
+    ckt_call_release(c);
+    box_free(&b);
+  }
+  /* The connection carried on. */
+  cr_assert_eq(ckt_node_call(cli, addr, msg("echo", "hi", 2), 0, &reply),
+               CKT_OK);
+  ckt_message_free(reply);
+  cr_assert_eq(sb.parts_in, 3);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+  box_free(&sb);
 }

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -578,4 +579,236 @@ Test(simnode, circuits_run_sealed_under_a_psk_and_replay) {
   fclose(f);
   cr_assert_eq(psk_run(21), psk_run(21), "the PSK layer draws from the seed");
   unlink(psk_path);
+}
+
+/* ---- streaming calls on a lossy network ---------------------------------- */
+
+typedef struct stream_run {
+  int up_next, up_total, up_again, up_done, up_err;
+  int down_parts, down_bad, down_done, down_err;
+  int served_parts, served_bad, cancel_why, cancel_done, cancel_err;
+  ckt_call *up;
+  ckt_srvcall *dl, *waiting;
+  int dl_next;
+} stream_run;
+
+static stream_run *the_run;
+
+static void fill8k(uint8_t *p, int k) {
+  for (int i = 0; i < 8192; i++) {
+    p[i] = (uint8_t)(k * 7 + i);
+  }
+}
+
+static void up_send_more(stream_run *r) {
+  uint8_t p[8192];
+  while (r->up_next <= r->up_total) {
+    ckt_message *m = ckt_message_new();
+    int rv;
+    fill8k(p, r->up_next);
+    ckt_message_set_payload(m, p, sizeof(p));
+    m->codec = (uint8_t)(CKT_CODEC_NONE + r->up_next % 3); /* none, fast, 1 */
+    rv = ckt_call_send(r->up, m, r->up_next == r->up_total);
+    if (rv == CKT_ERR_AGAIN) {
+      ckt_message_free(m);
+      r->up_again++;
+      return;
+    }
+    cr_assert_eq(rv, CKT_OK);
+    r->up_next++;
+  }
+}
+
+static void up_writable(ckt_node *n, ckt_call *c, void *user) {
+  (void)n, (void)c;
+  up_send_more(user);
+}
+
+static void up_done(ckt_node *n, int err, const ckt_message *reply,
+                    void *user) {
+  stream_run *r = user;
+  (void)n;
+  r->up_done++;
+  r->up_err = err;
+  if (err != CKT_OK && getenv("SIMNODE_LOG")) {
+    fprintf(stderr, "upload: %s\n", reply->err);
+  }
+}
+
+static void up_serve(ckt_srvcall *sc, const ckt_message *part, int last,
+                     void *user) {
+  stream_run *r = user;
+  uint8_t p[8192];
+  if (part->stream_part > 0) {
+    fill8k(p, (int)part->stream_part);
+    if (part->stream_part != r->served_parts + 1 ||
+        part->payload_len != sizeof(p) ||
+        memcmp(part->payload, p, sizeof(p)) != 0) {
+      r->served_bad++;
+    }
+    r->served_parts++;
+  }
+  if (last) {
+    ckt_srvcall_reply(sc, NULL);
+  }
+}
+
+static void dl_send_more(ckt_srvcall *sc, void *user) {
+  stream_run *r = user;
+  uint8_t p[8192];
+  while (r->dl_next <= 300) {
+    ckt_message *m = ckt_message_new();
+    int rv;
+    fill8k(p, r->dl_next);
+    ckt_message_set_payload(m, p, sizeof(p));
+    rv = ckt_srvcall_send(sc, m, r->dl_next == 300);
+    if (rv == CKT_ERR_AGAIN) {
+      ckt_message_free(m);
+      return;
+    }
+    cr_assert_eq(rv, CKT_OK);
+    r->dl_next++;
+  }
+  ckt_srvcall_reply(sc, NULL);
+}
+
+static void dl_serve(ckt_srvcall *sc, const ckt_message *req, void *user) {
+  (void)req;
+  ckt_srvcall_on_writable(sc, dl_send_more, user);
+  dl_send_more(sc, user);
+}
+
+static void dl_part(ckt_node *n, ckt_call *c, const ckt_message *part,
+                    void *user) {
+  stream_run *r = user;
+  uint8_t p[8192];
+  (void)n, (void)c;
+  r->down_parts++;
+  fill8k(p, r->down_parts);
+  if (part->stream_part != r->down_parts || part->payload_len != sizeof(p) ||
+      memcmp(part->payload, p, sizeof(p)) != 0) {
+    r->down_bad++;
+  }
+}
+
+static void dl_done(ckt_node *n, int err, const ckt_message *reply,
+                    void *user) {
+  stream_run *r = user;
+  (void)n, (void)reply;
+  r->down_done++;
+  r->down_err = err;
+}
+
+static void wait_cancelled(ckt_srvcall *sc, int why, void *user) {
+  stream_run *r = user;
+  r->cancel_why = why;
+  ckt_srvcall_reply(sc, NULL);
+}
+
+static void wait_serve(ckt_srvcall *sc, const ckt_message *req, void *user) {
+  (void)req;
+  ckt_srvcall_on_cancel(sc, wait_cancelled, user);
+}
+
+static void cancel_done(ckt_node *n, int err, const ckt_message *reply,
+                        void *user) {
+  stream_run *r = user;
+  (void)n, (void)reply;
+  r->cancel_done++;
+  r->cancel_err = err;
+}
+
+static ckt_call *cancel_me;
+
+static ckt_message *named(const char *service) {
+  ckt_message *m = ckt_message_new();
+  cr_assert_eq(ckt_message_set_service(m, service), CKT_OK);
+  return m;
+}
+
+static void cancel_now(ckt_sim *sim, void *arg) {
+  (void)sim, (void)arg;
+  cr_assert_eq(ckt_call_cancel(cancel_me), CKT_OK);
+}
+
+static uint64_t stream_scenario(uint64_t seed, stream_run *r) {
+  ckt_sim_link l = {.latency_ns = 2 * CKT_SIM_MS,
+                    .jitter_ns = 1 * CKT_SIM_MS,
+                    .bandwidth_bps = 200ull * 1000 * 1000,
+                    .queue_bytes = 256 * 1024,
+                    .loss_ppm = 10000,
+                    .dup_ppm = 5000,
+                    .reorder_ppm = 20000,
+                    .reorder_ns = 5 * CKT_SIM_MS};
+  ckt_call_opts o;
+  ckt_call *dl = NULL;
+  world w;
+  uint64_t trace;
+  memset(r, 0, sizeof(*r));
+  the_run = r;
+  world_init(&w, seed, 2, &l, 5000);
+  cr_assert_eq(ckt_node_register_upload(w.node[1], "up", up_serve, r), CKT_OK);
+  cr_assert_eq(ckt_node_register_download(w.node[1], "down", dl_serve, r),
+               CKT_OK);
+  cr_assert_eq(ckt_node_register_async(w.node[1], "wait", wait_serve, r),
+               CKT_OK);
+  memset(&o, 0, sizeof(o));
+  o.kind = CKT_CALL_UPLOAD;
+  o.done = up_done;
+  o.on_writable = up_writable;
+  o.user = r;
+  r->up_next = 1;
+  r->up_total = 400; /* 3.2 MB: several times the 1 MiB queue */
+  cr_assert_eq(
+      ckt_node_call_start(w.node[0], w.addr[1], named("up"), &o, &r->up),
+      CKT_OK);
+  up_send_more(r);
+  o.kind = CKT_CALL_DOWNLOAD;
+  o.done = dl_done;
+  o.on_part = dl_part;
+  o.on_writable = NULL;
+  r->dl_next = 1;
+  cr_assert_eq(ckt_node_call_start(w.node[0], w.addr[1], named("down"), &o, &dl),
+               CKT_OK);
+  o.kind = CKT_CALL_UNARY;
+  o.done = cancel_done;
+  o.on_part = NULL;
+  o.timeout_ms = 60000;
+  cr_assert_eq(
+      ckt_node_call_start(w.node[0], w.addr[1], named("wait"), &o, &cancel_me),
+      CKT_OK);
+  cr_assert_eq(ckt_sim_at(w.sim, ckt_sim_now(w.sim) + CKT_SIM_S, cancel_now,
+                          NULL),
+               CKT_OK);
+  run_for(&w, 30 * CKT_SIM_S);
+  trace = ckt_sim_trace(w.sim);
+  ckt_call_release(r->up);
+  ckt_call_release(dl);
+  ckt_call_release(cancel_me);
+  world_free(&w);
+  return trace;
+}
+
+Test(simnode, streaming_calls_survive_loss_and_replay) {
+  for (uint64_t seed = 1; seed <= 4; seed++) {
+    stream_run a, b;
+    uint64_t t1 = stream_scenario(seed, &a), t2 = stream_scenario(seed, &b);
+    cr_assert_eq(t1, t2, "seed %" PRIu64 ": traces differ", seed);
+    cr_assert_eq(a.up_done, 1);
+    cr_assert_eq(a.up_err, CKT_OK, "seed %" PRIu64 ": upload: %s", seed,
+                 ckt_strerror(a.up_err));
+    cr_assert_eq(a.served_parts, 400);
+    cr_assert_eq(a.served_bad, 0);
+    cr_assert_gt(a.up_again, 0, "the upload never had to wait");
+    cr_assert_eq(a.down_done, 1);
+    cr_assert_eq(a.down_err, CKT_OK, "seed %" PRIu64 ": download: %s", seed,
+                 ckt_strerror(a.down_err));
+    cr_assert_eq(a.down_parts, 300);
+    cr_assert_eq(a.down_bad, 0);
+    cr_assert_eq(a.cancel_done, 1);
+    cr_assert_eq(a.cancel_err, CKT_ERR_CANCEL_SENT);
+    cr_assert_eq(a.cancel_why, CKT_ERR_CANCELED);
+    cr_assert_eq(memcmp(&a, &b, offsetof(stream_run, up)), 0,
+                 "seed %" PRIu64 ": the two runs saw different things", seed);
+  }
 }

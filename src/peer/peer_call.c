@@ -1047,6 +1047,8 @@ void node_serve(ckt_node *n, ckt_stream *s, rxstate *rx, ckt_message *req) {
   if (kind != CKT_CALL_UNARY && kind != CKT_CALL_DOWNLOAD) {
     ckt_stream_stop_reading(s, APP_DONE); /* refused: no parts wanted */
   }
+  /* Answered: whatever else arrives on the stream is dropped unread. */
+  rx->answered = 1;
   ckt_message_free(req);
 }
 

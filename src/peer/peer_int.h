@@ -48,6 +48,7 @@ typedef struct rxstate {
    * wait in `held` (credited to the connection at once: `precredited` of
    * rx->credit must not be credited again). */
   int manual, paused;
+  int answered; /* an inbound call was answered: drop what follows */
   uint64_t owed, precredited;
   ckt_buf held;
 } rxstate;

@@ -865,6 +865,11 @@ static int stream_input(ckt_node *n, ckt_conn *conn, ckt_stream *s, rxstate *rx,
     ckt_buf body;
     uint8_t type;
     int rv;
+    if (rx->answered) {
+      rx->credit += len; /* dropped unread */
+      node_rx_credit(conn, rx);
+      return 0;
+    }
     if (rx->paused) {
       /* Kept until resumed (at most the stream's window: its credit is
        * withheld), and credited to the connection now so that other

@@ -842,8 +842,14 @@ static int cb_stream_close(ngtcp2_conn *q, uint32_t flags, int64_t sid,
 
 static int cb_stream_reset(ngtcp2_conn *q, int64_t sid, uint64_t final_size,
                            uint64_t app_error, void *user, void *stream_user) {
-  (void)final_size, (void)stream_user;
-  /* The peer abandoned its side: abandon ours, so the stream closes. */
+  ckt_stream *s = stream_user;
+  (void)final_size;
+  /* The peer abandoned its side: abandon ours, so the stream closes (and
+   * nothing more of ours is written to it). */
+  if (s) {
+    s->write_closed = 1;
+    pending_remove(s);
+  }
   ngtcp2_conn_shutdown_stream(q, sid, app_error);
   schedule_flush(user);
   return 0;

@@ -815,3 +815,50 @@ Test(compress, encode_respects_the_output_limit) {
   free(rnd);
   ckt_zctx_free(z);
 }
+
+/* ckt_zframe_seal() makes, in place, exactly the frame ckt_zframe_encode()
+ * appends: compressed for text, stored for random bytes and store_only. */
+Test(compress, seal_in_place_matches_encode) {
+  ckt_zctx *z = ckt_zctx_new();
+  const size_t sizes[] = {0, 63, 64, 1000, 100000, 1 << 20};
+  cr_assert_not_null(z);
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); ++i) {
+    for (int kind = 0; kind < 3; ++kind) {
+      size_t n = sizes[i];
+      uint8_t *raw = kind == 1 ? random_bytes(n, 9 + i) : source_text(n);
+      int store_only = kind == 2;
+      for (int codec = CKT_CODEC_ZSTD_FAST; codec <= CKT_CODEC_MAX; ++codec) {
+        ckt_buf want, got;
+        ckt_buf_init(&want, n + 64);
+        ckt_buf_init(&got, n + 64);
+        cr_assert_eq(ckt_zframe_encode(z, codec, store_only, raw, n, &want),
+                     CKT_OK);
+        cr_assert_eq(ckt_buf_append(&got, "xyzhdrpref", 10), CKT_OK);
+        cr_assert_eq(ckt_buf_append(&got, raw, n), CKT_OK);
+        cr_assert_eq(ckt_zframe_seal(z, codec, store_only, &got, 0), CKT_OK);
+        cr_assert_eq(got.len, want.len, "size %zu kind %d codec %d", n, kind,
+                     codec);
+        cr_assert(memcmp(got.data, want.data, want.len) == 0);
+        if (kind == 0 && n >= 1000) {
+          cr_assert_lt(got.len, n, "text was not compressed");
+        } else if (kind != 0) {
+          cr_assert_eq(got.len, n + 10, "not stored");
+        }
+        ckt_buf_free(&want);
+        ckt_buf_free(&got);
+      }
+      free(raw);
+    }
+  }
+  {
+    ckt_buf b;
+    ckt_buf_init(&b, 64);
+    cr_assert_eq(ckt_buf_append(&b, "short", 5), CKT_OK);
+    cr_assert_eq(ckt_zframe_seal(z, CKT_CODEC_ZSTD_1, 0, &b, 0),
+                 CKT_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(ckt_zframe_seal(z, CKT_CODEC_NONE, 0, &b, 0),
+                 CKT_ERR_INVALID_ARGUMENT);
+    ckt_buf_free(&b);
+  }
+  ckt_zctx_free(z);
+}

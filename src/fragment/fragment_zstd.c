@@ -22,6 +22,8 @@
 struct ckt_zctx {
   ZSTD_CCtx *cctx;
   ZSTD_DCtx *dctx;
+  uint8_t *scratch; /* ckt_zframe_seal()'s compressed output */
+  size_t scratch_cap;
 };
 
 /* ---- codec names ---- */
@@ -114,6 +116,7 @@ void ckt_zctx_free(ckt_zctx *z) {
   }
   ZSTD_freeCCtx(z->cctx);
   ZSTD_freeDCtx(z->dctx);
+  free(z->scratch);
   free(z);
 }
 
@@ -314,6 +317,44 @@ int ckt_zframe_encode(ckt_zctx *z, int codec, int store_only,
   }
   /* zstd may have written over the stored copy. */
   memcpy(out->data + start + head, raw, raw_len);
+  return CKT_OK;
+}
+
+int ckt_zframe_seal(ckt_zctx *z, int codec, int store_only, ckt_buf *b,
+                    size_t start) {
+  const size_t head = CKT_FRAME_HEADER_LEN + CKT_ZFRAME_PREFIX_LEN;
+  uint8_t *raw;
+  size_t raw_len, n;
+
+  if (!z || !b || !codec_is_zstd(codec) || start > b->len ||
+      b->len - start < head ||
+      b->len - start - head > UINT32_MAX - CKT_ZFRAME_PREFIX_LEN) {
+    return CKT_ERR_INVALID_ARGUMENT;
+  }
+  raw = b->data + start + head;
+  raw_len = b->len - start - head;
+  if (!store_only && ckt_compress_worthwhile(raw, raw_len)) {
+    if (z->scratch_cap < raw_len) {
+      uint8_t *p = realloc(z->scratch, raw_len);
+      if (p) {
+        z->scratch = p;
+        z->scratch_cap = raw_len;
+      }
+    }
+    /* Only output smaller than the message is kept; out of memory for
+     * the scratch buffer, the message is stored. */
+    n = z->scratch_cap >= raw_len
+            ? zframe_compress(z, codec, raw, raw_len, z->scratch, raw_len - 1)
+            : 0;
+    if (n > 0) {
+      memcpy(raw, z->scratch, n);
+      zframe_put_head(b->data + start, codec, raw_len, n);
+      b->len = start + head + n;
+      b->data[b->len] = 0;
+      return CKT_OK;
+    }
+  }
+  zframe_put_head(b->data + start, codec, raw_len, raw_len);
   return CKT_OK;
 }
 

@@ -68,6 +68,17 @@ int ckt_compress_worthwhile(const uint8_t *raw, size_t len);
 int ckt_zframe_encode(ckt_zctx *z, int codec, int store_only,
                       const uint8_t *raw, size_t raw_len, ckt_buf *out);
 
+/* The same frame, made in place: b->data[start..start + 10) is reserved
+ * for the frame header and prefix, and the encoded message follows up to
+ * b->len.  Stored, only the 10 bytes are written (no copy); compressed,
+ * zstd's output goes to z's scratch buffer and replaces the message, and
+ * b->len shrinks.  The cheapest way for a sender that encodes the message
+ * itself.  CKT_OK; CKT_ERR_INVALID_ARGUMENT (z or b NULL, codec not 2..6,
+ * fewer than 10 bytes after start, a message longer than UINT32_MAX -
+ * CKT_ZFRAME_PREFIX_LEN).  Never fails for want of memory: it stores. */
+int ckt_zframe_seal(ckt_zctx *z, int codec, int store_only, ckt_buf *b,
+                    size_t start);
+
 /* Decodes the body of a ZMESSAGE frame (what follows its 5-byte frame
  * header), body[0..len), into *raw and *codec (set only on success).  This
  * function initialises *raw (when raw is not NULL) with limit max_raw, and

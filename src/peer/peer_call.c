@@ -153,45 +153,31 @@ int node_codec(ckt_node *n, const pconn *pc, const ckt_message *m, int answer) {
 
 int node_frame_encode(ckt_node *n, const ckt_message *m, int codec,
                       uint8_t **out, size_t *len) {
-  ckt_buf b, raw;
-  uint8_t *rawp;
-  size_t raw_len;
+  const int z = codec > CKT_CODEC_NONE;
+  const size_t head = CKT_FRAME_HEADER_LEN + (z ? CKT_ZFRAME_PREFIX_LEN : 0);
+  ckt_zctx *zc = NULL;
+  ckt_buf b;
   int rv;
-  ckt_zctx *z;
 
   if (m->payload_len > n->lim.max_payload) {
     return CKT_ERR_TOO_LARGE;
   }
-  ckt_buf_init(&b, ckt_message_encoded_max(&n->lim) + CKT_FRAME_HEADER_LEN +
-                       CKT_ZFRAME_PREFIX_LEN);
-  if (codec <= CKT_CODEC_NONE) {
-    rv = ckt_buf_append(&b, "\0\0\0\0\0", CKT_FRAME_HEADER_LEN);
-    if (rv == CKT_OK) {
-      rv = ckt_message_encode(m, &b);
-    }
-    if (rv == CKT_OK) {
-      ckt_frame_header_encode(b.data, CKT_FRAME_MESSAGE,
-                              (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
-    }
-  } else {
-    ckt_buf_init(&raw, ckt_message_encoded_max(&n->lim));
-    rv = ckt_message_encode(m, &raw);
-    if (rv != CKT_OK) {
-      ckt_buf_free(&raw);
-      return rv;
-    }
-    /* Freed without the wipe of ckt_buf_free(): a message is no secret
-     * here, and zeroing 16 MiB per message would cost. */
-    rawp = ckt_buf_release(&raw, &raw_len);
-    if (!rawp) {
-      return CKT_ERR_NOMEM;
-    }
-    z = thread_zctx();
-    rv = z ? ckt_zframe_encode(z, codec,
-                               (m->flags & CKT_MSG_FLAG_NO_COMPRESS) != 0, rawp,
-                               raw_len, &b)
-           : CKT_ERR_NOMEM;
-    free(rawp);
+  if (z && !(zc = thread_zctx())) {
+    return CKT_ERR_NOMEM;
+  }
+  /* The message is encoded once, behind room for the frame's head; a
+   * compressed frame then replaces it in place. */
+  ckt_buf_init(&b, ckt_message_encoded_max(&n->lim) + head);
+  rv = ckt_buf_append(&b, "\0\0\0\0\0\0\0\0\0\0", head);
+  if (rv == CKT_OK) {
+    rv = ckt_message_encode(m, &b);
+  }
+  if (rv == CKT_OK && z) {
+    rv = ckt_zframe_seal(zc, codec, (m->flags & CKT_MSG_FLAG_NO_COMPRESS) != 0,
+                         &b, 0);
+  } else if (rv == CKT_OK) {
+    ckt_frame_header_encode(b.data, CKT_FRAME_MESSAGE,
+                            (uint32_t)(b.len - CKT_FRAME_HEADER_LEN));
   }
   if (rv != CKT_OK) {
     ckt_buf_free(&b);

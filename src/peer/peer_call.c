@@ -1030,10 +1030,9 @@ void node_serve(ckt_node *n, ckt_stream *s, rxstate *rx, ckt_message *req) {
   } else {
     answer(n, s, pc, reply, req);
   }
-  if (kind != CKT_CALL_UNARY && kind != CKT_CALL_DOWNLOAD) {
-    ckt_stream_stop_reading(s, APP_DONE); /* refused: no parts wanted */
-  }
-  /* Answered: whatever else arrives on the stream is dropped unread. */
+  /* Answered: whatever else arrives on the stream is dropped unread; the
+   * caller stops sending when the answer reaches it (see
+   * srvcall_reply_run). */
   rx->answered = 1;
   ckt_message_free(req);
 }
@@ -1156,9 +1155,6 @@ static void srvcall_deadline(void *arg) {
         sq_flush(&sc->q, sc->stream);
       }
       free(frame);
-    }
-    if (!sc->got_last) {
-      ckt_stream_stop_reading(sc->stream, APP_DONE);
     }
   }
   ckt_message_free(r);
@@ -1393,9 +1389,11 @@ static void srvcall_reply_run(void *arg) {
     } else if (sq_append(&sc->q, j->frame, j->len, 1) == CKT_OK) {
       srvcall_flush(sc);
     }
-    if (!sc->got_last && sc->stream) {
-      ckt_stream_stop_reading(sc->stream, APP_DONE); /* no more parts */
-    }
+    /* Parts still on their way are dropped as they come; the caller
+     * stops sending when it has the answer.  (No STOP_SENDING: ngtcp2
+     * 0.12.1 answers a STOP_SENDING that crosses the last of our data
+     * with a RESET_STREAM whose final size is short, which kills the
+     * connection.) */
   }
   free(j->frame);
   j->frame = NULL;

@@ -25,7 +25,7 @@
 #define APP_MALFORMED 0x11 /* a frame that did not decode */
 #define APP_PSK 0x12       /* the pre-shared-key layer failed */
 #define APP_DEADLINE 0x13  /* the caller gave up: the call's deadline passed */
-#define APP_DONE 0x14      /* the server answered: send no more parts */
+#define APP_DONE 0x14      /* the caller has the answer: it sends no more */
 
 enum {
   RX_CALL = 1,

@@ -844,6 +844,11 @@ static int cb_stream_reset(ngtcp2_conn *q, int64_t sid, uint64_t final_size,
                            uint64_t app_error, void *user, void *stream_user) {
   ckt_stream *s = stream_user;
   (void)final_size;
+  if (s && s->fin_sent) {
+    /* Our side is complete: the stream closes once it is acknowledged,
+     * and what we sent (a final answer) still arrives. */
+    return 0;
+  }
   /* The peer abandoned its side: abandon ours, so the stream closes (and
    * nothing more of ours is written to it). */
   if (s) {
@@ -1720,15 +1725,6 @@ void ckt_stream_reset(ckt_stream *s, uint64_t app_error) {
   s->write_closed = 1;
   pending_remove(s);
   ngtcp2_conn_shutdown_stream(c->q, s->id, app_error ? app_error : 1);
-  schedule_flush(c);
-}
-
-void ckt_stream_stop_reading(ckt_stream *s, uint64_t app_error) {
-  ckt_conn *c = s->conn;
-  if (c->dead || c->notified) {
-    return;
-  }
-  ngtcp2_conn_shutdown_stream_read(c->q, s->id, app_error ? app_error : 1);
   schedule_flush(c);
 }
 

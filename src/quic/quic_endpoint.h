@@ -164,9 +164,6 @@ int ckt_conn_open_stream(ckt_conn *c, int bidi, void *user, ckt_stream **out);
 int ckt_stream_write(ckt_stream *s, const void *data, size_t len, int fin);
 /* Aborts both directions with app_error (nonzero). */
 void ckt_stream_reset(ckt_stream *s, uint64_t app_error);
-/* Asks the peer to stop sending on s (STOP_SENDING with app_error,
- * nonzero); what we write still goes out. */
-void ckt_stream_stop_reading(ckt_stream *s, uint64_t app_error);
 /* With manual credit on, bytes received on s are not credited back to its
  * flow-control window until the owner calls ckt_stream_credit(): a reader
  * that stops consuming stalls this stream only. */

@@ -861,8 +861,8 @@ Test(call, compression_shrinks_the_wire_unless_a_message_opts_out) {
 }
 
 /* Refuses every upload on its request. */
-static void refusing_handler(ckt_srvcall *sc, const ckt_message *part,
-                             int last, void *user) {
+static void refusing_handler(ckt_srvcall *sc, const ckt_message *part, int last,
+                             void *user) {
   box *b = user;
   ckt_message *r = ckt_message_new();
   (void)last;
@@ -898,10 +898,12 @@ Test(call, an_upload_refused_early_stops_the_sender_and_spares_the_connection) {
     cr_assert_eq(wait_for(&b, &b.done, 1, 10000), 1);
     cr_assert(rv == CKT_OK || rv == CKT_ERR_CLOSED, "%s", ckt_strerror(rv));
     if (round % 2 == 1) {
-      cr_assert_eq(b.err, CKT_ERR_REMOTE, "round %d: %d %s", round, b.err, b.why);
+      cr_assert_eq(b.err, CKT_ERR_REMOTE, "round %d: %d %s", round, b.err,
+                   b.why);
       cr_assert_str_eq(b.why, "no room for that");
     } else {
-      cr_assert_eq(b.err, CKT_ERR_NO_SERVICE, "round %d: %d %s", round, b.err, b.why);
+      cr_assert_eq(b.err, CKT_ERR_NO_SERVICE, "round %d: %d %s", round, b.err,
+                   b.why);
     }
     ckt_call_release(c);
     box_free(&b);

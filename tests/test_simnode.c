@@ -768,8 +768,9 @@ static uint64_t stream_scenario(uint64_t seed, stream_run *r) {
   o.on_part = dl_part;
   o.on_writable = NULL;
   r->dl_next = 1;
-  cr_assert_eq(ckt_node_call_start(w.node[0], w.addr[1], named("down"), &o, &dl),
-               CKT_OK);
+  cr_assert_eq(
+      ckt_node_call_start(w.node[0], w.addr[1], named("down"), &o, &dl),
+      CKT_OK);
   o.kind = CKT_CALL_UNARY;
   o.done = cancel_done;
   o.on_part = NULL;
@@ -777,9 +778,9 @@ static uint64_t stream_scenario(uint64_t seed, stream_run *r) {
   cr_assert_eq(
       ckt_node_call_start(w.node[0], w.addr[1], named("wait"), &o, &cancel_me),
       CKT_OK);
-  cr_assert_eq(ckt_sim_at(w.sim, ckt_sim_now(w.sim) + CKT_SIM_S, cancel_now,
-                          NULL),
-               CKT_OK);
+  cr_assert_eq(
+      ckt_sim_at(w.sim, ckt_sim_now(w.sim) + CKT_SIM_S, cancel_now, NULL),
+      CKT_OK);
   run_for(&w, 30 * CKT_SIM_S);
   trace = ckt_sim_trace(w.sim);
   ckt_call_release(r->up);

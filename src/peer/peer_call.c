@@ -775,12 +775,10 @@ int ckt_call_cancel(ckt_call *c) {
   return CKT_OK;
 }
 
+/* ckt_call_pause() or ckt_srvcall_pause() on its way to the loop. */
 typedef struct pause_job {
-  ckt_node *n;
-  rxstate *rx;
-  void *owner;
+  void *owner; /* ckt_call or ckt_srvcall (a reference held) */
   int on;
-  int srv;
 } pause_job;
 
 static void rx_pause(ckt_stream *s, rxstate *rx, int on) {

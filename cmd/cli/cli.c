@@ -597,22 +597,6 @@ static int run_upload(cli *c) {
   return code;
 }
 
-/* Writes all of buf, or returns -1 with errno set. */
-static int write_all(int fd, const uint8_t *buf, size_t len) {
-  while (len > 0) {
-    ssize_t k = write(fd, buf, len);
-    if (k < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return -1;
-    }
-    buf += k;
-    len -= (size_t)k;
-  }
-  return 0;
-}
-
 /* Each part of a download, on the loop thread: appended to the file. */
 static void download_part(ckt_node *n, ckt_call *call, const ckt_message *part,
                           void *user) {
@@ -621,7 +605,7 @@ static void download_part(ckt_node *n, ckt_call *call, const ckt_message *part,
   if (st->werr || part->payload_len == 0) {
     return;
   }
-  if (write_all(st->fd, part->payload, part->payload_len) != 0) {
+  if (cmd_write_all(st->fd, part->payload, part->payload_len) != 0) {
     st->werr = errno;
     ckt_call_cancel(call);
     return;

@@ -366,3 +366,19 @@ int cmd_exit_code(int err) {
     return CMD_EXIT_FAIL;
   }
 }
+
+int cmd_write_all(int fd, const void *buf, size_t len) {
+  const unsigned char *p = buf;
+  while (len > 0) {
+    ssize_t k = write(fd, p, len);
+    if (k < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return -1;
+    }
+    p += k;
+    len -= (size_t)k;
+  }
+  return 0;
+}

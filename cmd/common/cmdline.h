@@ -89,6 +89,10 @@ void cmd_node_config(cmd_node_opts *o, const char *prog,
  * the kernel at once.  Call first thing in main(). */
 void cmd_tune_malloc(void);
 
+/* Writes all of buf (retrying short writes and EINTR), or returns -1
+ * with errno set. */
+int cmd_write_all(int fd, const void *buf, size_t len);
+
 /* Exit codes shared by the networked tools. */
 enum {
   CMD_EXIT_FAIL = 1,

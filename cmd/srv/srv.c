@@ -508,22 +508,6 @@ static int open_parent(int root, const char *rel, char *leaf, size_t leafsz,
   return fd;
 }
 
-/* Writes all of buf, or returns -1 with errno set. */
-static int write_all(int fd, const uint8_t *buf, size_t len) {
-  while (len > 0) {
-    ssize_t k = write(fd, buf, len);
-    if (k < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return -1;
-    }
-    buf += k;
-    len -= (size_t)k;
-  }
-  return 0;
-}
-
 /* ---- upload: parts appended to a temporary file, renamed at the end -------
  */
 
@@ -658,7 +642,7 @@ static void upload_part(ckt_srvcall *sc, const ckt_message *part, int last,
     return;
   }
   if (part->payload_len > 0) {
-    if (write_all(u->fd, part->payload, part->payload_len) != 0) {
+    if (cmd_write_all(u->fd, part->payload, part->payload_len) != 0) {
       reply_err(sc, "cannot write %s: %s", u->name, strerror(errno));
       upload_end(u, 0);
       return;

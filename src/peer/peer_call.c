@@ -674,6 +674,25 @@ static int sq_wait_room(sendq *q, uint64_t limit, const int *stop) {
   return ok;
 }
 
+/* Whether a sender may queue another frame on q now.  On the loop:
+ * CKT_ERR_AGAIN when q is full (the writable callback follows).  On
+ * another thread: waits for room.  CKT_OK; CKT_ERR_CLOSED once *ended
+ * (the call finished or was cancelled). */
+static int sq_admit(sendq *q, ckt_node *n, int on_loop, const int *ended) {
+  if (!on_loop) {
+    return sq_wait_room(q, n->circuit_queue_max, ended) ? CKT_OK
+                                                        : CKT_ERR_CLOSED;
+  }
+  if (__atomic_load_n(ended, __ATOMIC_ACQUIRE)) {
+    return CKT_ERR_CLOSED;
+  }
+  if (!sq_room(q, n->circuit_queue_max)) {
+    q->want_writable = 1;
+    return CKT_ERR_AGAIN;
+  }
+  return CKT_OK;
+}
+
 int ckt_call_send(ckt_call *c, ckt_message *part, int last) {
   ckt_node *n;
   part_job *j;
@@ -687,18 +706,12 @@ int ckt_call_send(ckt_call *c, ckt_message *part, int last) {
   }
   n = c->n;
   on_loop = node_on_loop(n);
-  if (on_loop) {
-    if (__atomic_load_n(&c->finished, __ATOMIC_ACQUIRE)) {
+  if ((rv = sq_admit(&c->q, n, on_loop, &c->finished)) != CKT_OK) {
+    if (rv != CKT_ERR_AGAIN) {
       ckt_message_free(part);
-      return CKT_ERR_CLOSED;
+      rv = CKT_ERR_CLOSED;
     }
-    if (!sq_room(&c->q, n->circuit_queue_max)) {
-      c->q.want_writable = 1;
-      return CKT_ERR_AGAIN;
-    }
-  } else if (!sq_wait_room(&c->q, n->circuit_queue_max, &c->finished)) {
-    ckt_message_free(part);
-    return CKT_ERR_CLOSED;
+    return rv;
   }
   part->type = CKT_MSG_CALL;
   part->call_id = c->id;
@@ -1330,18 +1343,12 @@ int ckt_srvcall_send(ckt_srvcall *sc, ckt_message *part, int last) {
   }
   n = sc->n;
   on_loop = node_on_loop(n);
-  if (on_loop) {
-    if (__atomic_load_n(&sc->cancelled, __ATOMIC_ACQUIRE)) {
+  if ((rv = sq_admit(&sc->q, n, on_loop, &sc->cancelled)) != CKT_OK) {
+    if (rv != CKT_ERR_AGAIN) {
       ckt_message_free(part);
-      return CKT_ERR_CANCELED;
+      rv = CKT_ERR_CANCELED;
     }
-    if (!sq_room(&sc->q, n->circuit_queue_max)) {
-      sc->q.want_writable = 1;
-      return CKT_ERR_AGAIN;
-    }
-  } else if (!sq_wait_room(&sc->q, n->circuit_queue_max, &sc->cancelled)) {
-    ckt_message_free(part);
-    return CKT_ERR_CANCELED;
+    return rv;
   }
   part->type = CKT_MSG_REPLY;
   part->stream_part = ++sc->nparts;

@@ -39,10 +39,9 @@ struct ckt_circuit {
   ckt_stream *stream; /* NULL until the connection takes it */
   uint8_t id[CKT_PEER_ID_LEN];
   char id_hex[CKT_PEER_ID_HEX_LEN + 1];
-  char name[CKT_MESSAGE_SUBJECT_MAX + 1];
+  char *name;       /* owned; sized to fit: idle circuits stay small */
+  char *remote_url; /* owned */
   uint8_t remote_id[CKT_PEER_ID_LEN];
-  char remote_service[CKT_MESSAGE_SERVICE_MAX + 1];
-  char remote_url[CKT_PEER_URL_MAX];
   ckt_buf pending; /* frames written before the stream existed */
   uint64_t serial;
   int want_writable;
@@ -53,6 +52,10 @@ struct ckt_circuit {
   void *user;
   ckt_circuit *p_next, *p_prev;   /* in p->circuits */
   ckt_circuit *pc_next, *pc_prev; /* in pc->circuits */
+  /* In pc->wr_waiters while it waits for room (or in a list of those
+   * about to hear they have it): acks walk the waiters, not every
+   * circuit of the connection. */
+  ckt_circuit *wr_next, *wr_prev, **wr_list;
 };
 
 static const uint8_t zero_id[CKT_PEER_ID_LEN];
@@ -235,6 +238,48 @@ static void circuit_link(ckt_circuit *c, ckt_peer *p, pconn *pc) {
   pc->circuits = c;
 }
 
+static void wr_remove(ckt_circuit *c) {
+  if (!c->wr_list) {
+    return;
+  }
+  if (c->wr_prev) {
+    c->wr_prev->wr_next = c->wr_next;
+  } else {
+    *c->wr_list = c->wr_next;
+  }
+  if (c->wr_next) {
+    c->wr_next->wr_prev = c->wr_prev;
+  }
+  c->wr_next = c->wr_prev = NULL;
+  c->wr_list = NULL;
+}
+
+static void wr_add(ckt_circuit **list, ckt_circuit *c) {
+  wr_remove(c);
+  c->wr_list = list;
+  c->wr_prev = NULL;
+  c->wr_next = *list;
+  if (*list) {
+    (*list)->wr_prev = c;
+  }
+  *list = c;
+}
+
+/* c's sender was told CKT_ERR_AGAIN: it hears `writable` when there is
+ * room again (once it has a stream; circuit_pump adds it then). */
+static void circuit_want_writable(ckt_circuit *c) {
+  c->want_writable = 1;
+  if (c->stream && c->pc && !c->wr_list) {
+    wr_add(&c->pc->wr_waiters, c);
+  }
+}
+
+static void circuit_free(ckt_circuit *c) {
+  free(c->name);
+  free(c->remote_url);
+  free(c);
+}
+
 static void circuit_unlink(ckt_circuit *c) {
   if (c->p) {
     if (c->p_prev) {
@@ -256,6 +301,7 @@ static void circuit_unlink(ckt_circuit *c) {
       c->pc_next->pc_prev = c->pc_prev;
     }
   }
+  wr_remove(c);
   c->p = NULL;
   c->pc = NULL;
 }
@@ -288,7 +334,7 @@ static void circuit_end(ckt_circuit *c, const char *reason, int remote) {
   node_rx_clear(&c->rx);
   ckt_buf_free(&c->pending);
   if (!c->accepting) {
-    free(c); /* else circuit_accept frees it when circuit_new returns */
+    circuit_free(c); /* else circuit_accept frees it when circuit_new returns */
   }
 }
 
@@ -324,6 +370,20 @@ void circuit_adopt(pconn *to, pconn *from) {
   }
 }
 
+/* Replaces c's remote URL with u's.  CKT_OK, CKT_ERR_NOMEM. */
+static int circuit_set_url(ckt_circuit *c, const ckt_url *u) {
+  char url[CKT_PEER_URL_MAX], *copy;
+  if (ckt_url_format(u, url, sizeof(url)) != CKT_OK) {
+    url[0] = '\0'; /* fields were bounded when parsed: cannot happen */
+  }
+  if (!(copy = strdup(url))) {
+    return CKT_ERR_NOMEM;
+  }
+  free(c->remote_url);
+  c->remote_url = copy;
+  return CKT_OK;
+}
+
 static ckt_circuit *circuit_new(ckt_node *n) {
   ckt_circuit *c = calloc(1, sizeof(*c));
   if (!c) {
@@ -349,7 +409,7 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
   }
   if (!force && c->stream &&
       ckt_stream_unacked(c->stream) >= n->circuit_queue_max) {
-    c->want_writable = 1;
+    circuit_want_writable(c);
     return CKT_ERR_AGAIN;
   }
   ckt_buf_init(&b, n->frame_max + CKT_FRAME_HEADER_LEN);
@@ -363,10 +423,10 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
     if (c->stream) {
       rv = node_stream_write(c->stream, b.data, b.len, fin);
       if (rv == CKT_ERR_AGAIN) {
-        c->want_writable = 1; /* the connection's queue is full */
+        circuit_want_writable(c); /* the connection's queue is full */
       }
     } else if (!force && c->pending.len + b.len > n->circuit_queue_max) {
-      c->want_writable = 1;
+      circuit_want_writable(c);
       rv = CKT_ERR_AGAIN;
     } else {
       c->pending.limit = c->pending.len + b.len + 1; /* forced frames fit */
@@ -403,6 +463,9 @@ void circuit_pump(pconn *pc) {
     }
     ckt_buf_free(&c->pending);
     c->pending.limit = pc->n->circuit_queue_max + 64 * 1024;
+    if (c->want_writable) {
+      circuit_want_writable(c);
+    }
   }
 }
 
@@ -436,10 +499,12 @@ static int open_to(ckt_peer *p, const ckt_url *u, const char *name,
   }
   n->rt->ops->random(n->rt, c->id, sizeof(c->id));
   ckt_peer_id_to_hex(c->id, c->id_hex);
-  snprintf(c->name, sizeof(c->name), "%s", name ? name : "");
   memcpy(c->remote_id, u->peer_id, CKT_PEER_ID_LEN);
-  snprintf(c->remote_service, sizeof(c->remote_service), "%s", u->service);
-  ckt_url_format(u, c->remote_url, sizeof(c->remote_url));
+  if (!(c->name = strdup(name ? name : "")) ||
+      (rv = circuit_set_url(c, u)) != CKT_OK) {
+    rv = CKT_ERR_NOMEM;
+    goto done;
+  }
   c->user = user;
   open->type = CKT_FRAG_OPEN;
   if ((rv = ckt_fragment_set_service(open, u->service)) != CKT_OK ||
@@ -474,7 +539,7 @@ done:
   ckt_fragment_free(first);
   if (c) {
     ckt_buf_free(&c->pending);
-    free(c);
+    circuit_free(c);
   }
   return rv;
 }
@@ -605,14 +670,19 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
   memcpy(c->id, open->circuit, CKT_PEER_ID_LEN);
   ckt_peer_id_to_hex(c->id, c->id_hex);
   memcpy(c->remote_id, open->from_peer, CKT_PEER_ID_LEN);
-  snprintf(c->name, sizeof(c->name), "%s", open->subject);
-  snprintf(c->remote_service, sizeof(c->remote_service), "%s",
-           from_service ? from_service : "");
   memset(&u, 0, sizeof(u));
   snprintf(u.host_port, sizeof(u.host_port), "%s", pc->name);
-  snprintf(u.service, sizeof(u.service), "%s", c->remote_service);
+  snprintf(u.service, sizeof(u.service), "%s",
+           from_service ? from_service : "");
   memcpy(u.peer_id, c->remote_id, CKT_PEER_ID_LEN);
-  ckt_url_format(&u, c->remote_url, sizeof(c->remote_url));
+  if (!(c->name = strdup(open->subject ? open->subject : "")) ||
+      circuit_set_url(c, &u) != CKT_OK) {
+    refuse(n, s, open, "out of memory");
+    ckt_fragment_free(open);
+    ckt_buf_free(&c->pending);
+    circuit_free(c);
+    return;
+  }
   c->stream = s;
   circuit_link(c, p, pc);
   ckt_stream_set_user(s, c);
@@ -624,14 +694,14 @@ void circuit_accept(ckt_node *n, pconn *pc, ckt_stream *s, rxstate *inbound,
     refused = p->svc.circuit_new(p, c, open, p->user);
     c->accepting = 0;
     if (c->ended) {
-      free(c); /* the callback closed it (or stopped its peer) already */
+      circuit_free(c); /* the callback closed it (or stopped its peer) */
     } else if (refused) {
       circuit_unlink(c);
       c->stream = NULL;
       ckt_stream_set_manual_credit(s, 0);
       refuse(n, s, open, "the peer refused the circuit");
       ckt_buf_free(&c->pending);
-      free(c);
+      circuit_free(c);
     }
   }
   ckt_fragment_free(open);
@@ -665,7 +735,7 @@ int circuit_on_frame(ckt_stream *s, rxstate *rx, uint8_t type, ckt_buf *body) {
     memcpy(c->remote_id, f->from_peer, CKT_PEER_ID_LEN);
     if (ckt_url_parse(c->remote_url, &u) == CKT_OK) {
       memcpy(u.peer_id, c->remote_id, CKT_PEER_ID_LEN);
-      ckt_url_format(&u, c->remote_url, sizeof(c->remote_url));
+      (void)circuit_set_url(c, &u); /* out of memory: the old URL stays */
     }
   }
   switch (f->type) {
@@ -733,23 +803,29 @@ void circuit_conn_lost(pconn *pc, const char *why) {
 }
 
 void circuit_writable(ckt_stream *s, rxstate *rx) {
-  ckt_circuit *c = (ckt_circuit *)rx, *o, *next;
+  ckt_circuit *c = (ckt_circuit *)rx, *o, *next, *ready = NULL;
   pconn *pc = c->pc;
   ckt_node *n = pc ? pc->n : c->p ? c->p->n : NULL;
   uint64_t half = (n ? n->circuit_queue_max : CKT_CIRCUIT_QUEUE_MAX) / 2;
   (void)s;
-  /* Acks on any stream free connection-level room too: every circuit of
-   * the connection that waits for room and now has it hears so. */
-  for (o = pc ? pc->circuits : c; o; o = next) {
-    next = o->pc_next;
-    if (o->want_writable && o->stream && ckt_stream_unacked(o->stream) < half) {
-      o->want_writable = 0;
-      if (o->p && o->p->svc.writable) {
-        o->p->svc.writable(o->p, o, o->p->user);
-      }
+  if (!pc) {
+    return; /* not on a connection: it waits for one */
+  }
+  /* Acks on any stream free connection-level room too: every waiting
+   * circuit of the connection that now has room hears so.  They are
+   * picked first and told after, so that a callback closing another
+   * circuit cannot pull the list from under the walk. */
+  for (o = pc->wr_waiters; o; o = next) {
+    next = o->wr_next;
+    if (o->stream && ckt_stream_unacked(o->stream) < half) {
+      wr_add(&ready, o);
     }
-    if (!pc) {
-      break;
+  }
+  while ((o = ready) != NULL) {
+    wr_remove(o);
+    o->want_writable = 0;
+    if (o->p && o->p->svc.writable) {
+      o->p->svc.writable(o->p, o, o->p->user);
     }
   }
 }

@@ -68,9 +68,10 @@ struct pconn {
   ckt_conn *conn;
   ckt_addr addr;
   char name[CKT_ADDR_STRLEN];
-  struct ckt_call *calls;       /* waiting for a stream or in flight */
-  struct ckt_circuit *circuits; /* open on this connection or waiting */
-  int linked;                   /* in n->conns */
+  struct ckt_call *calls;         /* waiting for a stream or in flight */
+  struct ckt_circuit *circuits;   /* open on this connection or waiting */
+  struct ckt_circuit *wr_waiters; /* told CKT_ERR_AGAIN (peer_circuit.c) */
+  int linked;                     /* in n->conns */
   oneway *ow_head, *ow_tail;
   /* The pre-shared-key layer (peer_psk.c), when the node has a PSK:
    * streams wait until psk_ready; frames are sealed and opened with the

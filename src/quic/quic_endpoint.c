@@ -535,6 +535,25 @@ static void arm_timer(ckt_conn *c) {
                          expiry == UINT64_MAX ? CKT_TIME_NEVER : expiry);
 }
 
+/* Whether sent_off lies inside a chunk (a caller's write, which the layers
+ * above make whole frames) rather than at its end. */
+static int stream_mid_chunk(const ckt_stream *s) {
+  const chunk *k = s->cur ? s->cur : s->head;
+  uint64_t off = s->cur ? s->cur_off : s->head_off;
+  while (k && off + k->len <= s->sent_off) {
+    off += k->len;
+    k = k->next;
+  }
+  return k && off < s->sent_off;
+}
+
+/* Streams take turns a write at a time, not a packet at a time.  The
+ * receiver gives connection credit back only for whole frames; turns
+ * per packet would leave a partial frame on every busy stream, and
+ * enough of them fill the connection's window with nothing the receiver
+ * can finish: both ends then wait forever.  Finishing each write first
+ * leaves at most one partially sent frame, and the window (at least two
+ * of the largest frame) always has room to complete it. */
 static void stream_sent(ckt_stream *s, ngtcp2_ssize n, int fin) {
   uint64_t total = s->queued_off - s->sent_off;
   if (n > 0) {
@@ -542,6 +561,9 @@ static void stream_sent(ckt_stream *s, ngtcp2_ssize n, int fin) {
   }
   if (fin && (uint64_t)(n > 0 ? n : 0) == total) {
     s->fin_sent = 1;
+  }
+  if (s->in_pending && stream_has_output(s) && stream_mid_chunk(s)) {
+    return; /* keeps its turn */
   }
   pending_remove(s);
   if (stream_has_output(s)) {

@@ -691,7 +691,7 @@ static void conn_write(ckt_conn *c) {
   if (off) {
     send_raw(ep, &c->peer, ep->tx, off, pkt);
   }
-  if (!(c->loopback && c->confirmed)) {
+  if (!c->loopback) {
     ngtcp2_conn_update_pkt_tx_time(c->q, ts); /* pacing */
   }
   arm_timer(c);

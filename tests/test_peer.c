@@ -870,6 +870,92 @@ Test(peer, a_full_send_queue_says_again_then_writable) {
   ckt_node_free(srv);
 }
 
+/* Many circuits, each with big fragments in flight at once.  The
+ * receiver credits the connection only for whole frames: a sender that
+ * left a partial frame on every circuit would fill the window with bytes
+ * the receiver cannot finish, and both ends would wait forever. */
+#define SPREAD_CIRCUITS 1000
+#define SPREAD_FRAGMENTS 1000
+
+typedef struct spread {
+  ckt_circuit *c[SPREAD_CIRCUITS];
+  int next, sent, failed;
+} spread;
+
+static spread spread_state;
+
+static void spread_more(void) {
+  spread *s = &spread_state;
+  while (s->sent < SPREAD_FRAGMENTS && !s->failed) {
+    int rv = ckt_circuit_send(s->c[s->next % SPREAD_CIRCUITS],
+                              sized_local(64 * 1024));
+    if (rv == CKT_ERR_AGAIN) {
+      return; /* that circuit's writable brings us back */
+    }
+    if (rv != CKT_OK) {
+      s->failed = rv;
+      return;
+    }
+    s->sent++;
+    s->next++;
+  }
+}
+
+static void spread_writable(ckt_peer *p, ckt_circuit *c, void *user) {
+  (void)p, (void)c, (void)user;
+  spread_more();
+}
+
+static void do_spread(job *j) {
+  int i;
+  for (i = 0; i < SPREAD_CIRCUITS; ++i) {
+    j->rv = ckt_peer_open_circuit(j->peer, j->url, "spread", NULL, NULL,
+                                  &spread_state.c[i]);
+    if (j->rv != CKT_OK) {
+      return;
+    }
+  }
+  spread_more();
+}
+
+Test(peer, big_fragments_on_a_thousand_busy_circuits_all_arrive) {
+  seen ss, cs;
+  char saddr[80];
+  ckt_node *srv, *cli;
+  ckt_node_config cfg;
+  ckt_peer_service svc = recorder;
+  job j, k;
+  int got = 0, i;
+  seen_init(&ss);
+  seen_init(&cs);
+  srv = node(1, &ss, saddr, sizeof(saddr));
+  ckt_node_config_init(&cfg);
+  cfg.listen = "127.0.0.1:0";
+  cfg.cert_dir = getenv("CKT_TEST_CERTS");
+  cr_assert_eq(ckt_node_new(&cfg, &cli), CKT_OK);
+  svc.writable = spread_writable;
+  cr_assert_eq(ckt_node_register_peer_service(cli, "chat", &svc, &cs), CKT_OK);
+  cr_assert_eq(ckt_node_start(cli), CKT_OK);
+  memset(&j, 0, sizeof(j));
+  memset(&k, 0, sizeof(k));
+  on_loop(srv, &k, do_start);
+  on_loop(cli, &j, do_start);
+  snprintf(j.url, sizeof(j.url), "%s", k.url);
+  on_loop(cli, &j, do_spread);
+  cr_assert_eq(j.rv, CKT_OK);
+  for (i = 0; i < 6 && got < SPREAD_FRAGMENTS; ++i) {
+    got = wait_for(&ss, &ss.fragments, SPREAD_FRAGMENTS);
+  }
+  cr_assert_eq(spread_state.failed, 0, "send: %s",
+               ckt_strerror(spread_state.failed));
+  cr_assert_eq(got, SPREAD_FRAGMENTS,
+               "%d of %d fragments (64 KiB each, over %d circuits) arrived; "
+               "%d were sent",
+               got, SPREAD_FRAGMENTS, SPREAD_CIRCUITS, spread_state.sent);
+  ckt_node_free(cli);
+  ckt_node_free(srv);
+}
+
 /* ---- regressions from review -------------------------------------------- */
 
 static void do_open_many(job *j) {

@@ -521,6 +521,7 @@ static int calls_phase(bench *b, unsigned long n, int recording) {
 }
 
 static int run_calls(bench *b) {
+  ckt_node_stats st0, st1;
   unsigned long n = b->n, i;
   double secs;
   int rv;
@@ -539,15 +540,20 @@ static int run_calls(bench *b) {
     fprintf(stderr, "cktbench: warm-up calls failed: %s\n", ckt_strerror(rv));
     return rv;
   }
+  ckt_node_get_stats(b->nd, &st0);
   if ((rv = calls_phase(b, n, 1)) != CKT_OK) {
     fprintf(stderr, "cktbench: calls failed: %s (%lu of %lu answered)\n",
             ckt_strerror(rv), b->answered, n);
     return rv;
   }
+  ckt_node_get_stats(b->nd, &st1);
   secs = (double)(b->t1 - b->t0) / 1e9;
   qsort(b->lat, b->nlat, sizeof(*b->lat), cmp_u64);
-  printf("cktbench calls n=%lu inflight=%lu size=%lu secs=%.4f rate=%.0f ", n,
-         b->inflight, b->size, secs, (double)n / secs);
+  printf("cktbench calls n=%lu inflight=%lu size=%lu secs=%.4f rate=%.0f "
+         "dgrams_out_per_call=%.2f dgrams_in_per_call=%.2f ",
+         n, b->inflight, b->size, secs, (double)n / secs,
+         (double)(st1.datagrams_sent - st0.datagrams_sent) / (double)n,
+         (double)(st1.datagrams_received - st0.datagrams_received) / (double)n);
   print_lat(b->lat, b->nlat);
   printf("\n");
   return CKT_OK;

@@ -45,8 +45,9 @@ struct ckt_circuit {
   ckt_buf pending; /* frames written before the stream existed */
   uint64_t serial;
   int want_writable;
-  int stalled;   /* its reader fell behind: received bytes are owed */
-  int accepting; /* inside circuit_new: circuit_end must not free it */
+  int waiting_stream; /* counted in pc->circuits_waiting */
+  int stalled;        /* its reader fell behind: received bytes are owed */
+  int accepting;      /* inside circuit_new: circuit_end must not free it */
   int ended;
   uint64_t owed; /* stream credit withheld while stalled */
   void *user;
@@ -236,6 +237,10 @@ static void circuit_link(ckt_circuit *c, ckt_peer *p, pconn *pc) {
     pc->circuits->pc_prev = c;
   }
   pc->circuits = c;
+  if (!c->stream) {
+    c->waiting_stream = 1;
+    pc->circuits_waiting++;
+  }
 }
 
 static void wr_remove(ckt_circuit *c) {
@@ -292,6 +297,10 @@ static void circuit_unlink(ckt_circuit *c) {
     }
   }
   if (c->pc) {
+    if (c->waiting_stream) {
+      c->waiting_stream = 0;
+      c->pc->circuits_waiting--;
+    }
     if (c->pc_prev) {
       c->pc_prev->pc_next = c->pc_next;
     } else {
@@ -359,6 +368,10 @@ void circuit_adopt(pconn *to, pconn *from) {
     }
     if (c->pc_next) {
       c->pc_next->pc_prev = c->pc_prev;
+    }
+    if (c->waiting_stream) {
+      from->circuits_waiting--;
+      to->circuits_waiting++;
     }
     c->pc = to;
     c->pc_prev = NULL;
@@ -443,6 +456,9 @@ static int circuit_write(ckt_circuit *c, ckt_fragment *f, int fin, int force) {
 /* Opens streams for circuits waiting on pc and flushes what they hold. */
 void circuit_pump(pconn *pc) {
   ckt_circuit *c;
+  if (!pc->circuits_waiting) {
+    return; /* every circuit has its stream: nothing to walk */
+  }
   for (c = pc->circuits; c; c = c->pc_next) {
     if (c->stream) {
       continue;
@@ -463,6 +479,8 @@ void circuit_pump(pconn *pc) {
     }
     ckt_buf_free(&c->pending);
     c->pending.limit = pc->n->circuit_queue_max + 64 * 1024;
+    c->waiting_stream = 0;
+    pc->circuits_waiting--;
     if (c->want_writable) {
       circuit_want_writable(c);
     }

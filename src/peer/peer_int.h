@@ -71,6 +71,7 @@ struct pconn {
   struct ckt_call *calls;         /* waiting for a stream or in flight */
   struct ckt_circuit *circuits;   /* open on this connection or waiting */
   struct ckt_circuit *wr_waiters; /* told CKT_ERR_AGAIN (peer_circuit.c) */
+  size_t circuits_waiting;        /* of circuits, those without a stream */
   int linked;                     /* in n->conns */
   oneway *ow_head, *ow_tail;
   /* The pre-shared-key layer (peer_psk.c), when the node has a PSK:

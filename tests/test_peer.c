@@ -807,6 +807,23 @@ Test(peer, a_version_mismatch_is_refused_naming_both_versions) {
   ckt_node_free(srv);
 }
 
+/* A client node whose "chat" service records into cs and hears
+ * `writable` (the sender's queue has room again). */
+static ckt_node *
+writable_client(seen *cs, void (*writable)(ckt_peer *, ckt_circuit *, void *)) {
+  ckt_node_config cfg;
+  ckt_peer_service svc = recorder;
+  ckt_node *cli;
+  ckt_node_config_init(&cfg);
+  cfg.listen = "127.0.0.1:0";
+  cfg.cert_dir = getenv("CKT_TEST_CERTS");
+  cr_assert_eq(ckt_node_new(&cfg, &cli), CKT_OK);
+  svc.writable = writable;
+  cr_assert_eq(ckt_node_register_peer_service(cli, "chat", &svc, cs), CKT_OK);
+  cr_assert_eq(ckt_node_start(cli), CKT_OK);
+  return cli;
+}
+
 /* Callback-mode senders: a full queue says "again", then writable. */
 typedef struct pump {
   int again, writable, sent;
@@ -835,19 +852,11 @@ Test(peer, a_full_send_queue_says_again_then_writable) {
   seen ss, cs;
   char saddr[80];
   ckt_node *srv, *cli;
-  ckt_node_config cfg;
-  ckt_peer_service svc = recorder;
   job j, k;
   seen_init(&ss);
   seen_init(&cs);
   srv = node(1, &ss, saddr, sizeof(saddr));
-  ckt_node_config_init(&cfg);
-  cfg.listen = "127.0.0.1:0";
-  cfg.cert_dir = getenv("CKT_TEST_CERTS");
-  cr_assert_eq(ckt_node_new(&cfg, &cli), CKT_OK);
-  svc.writable = pump_writable;
-  cr_assert_eq(ckt_node_register_peer_service(cli, "chat", &svc, &cs), CKT_OK);
-  cr_assert_eq(ckt_node_start(cli), CKT_OK);
+  cli = writable_client(&cs, pump_writable);
   memset(&j, 0, sizeof(j));
   memset(&k, 0, sizeof(k));
   on_loop(srv, &k, do_start);
@@ -922,20 +931,12 @@ Test(peer, big_fragments_on_a_thousand_busy_circuits_all_arrive) {
   seen ss, cs;
   char saddr[80];
   ckt_node *srv, *cli;
-  ckt_node_config cfg;
-  ckt_peer_service svc = recorder;
   job j, k;
   int got = 0, i;
   seen_init(&ss);
   seen_init(&cs);
   srv = node(1, &ss, saddr, sizeof(saddr));
-  ckt_node_config_init(&cfg);
-  cfg.listen = "127.0.0.1:0";
-  cfg.cert_dir = getenv("CKT_TEST_CERTS");
-  cr_assert_eq(ckt_node_new(&cfg, &cli), CKT_OK);
-  svc.writable = spread_writable;
-  cr_assert_eq(ckt_node_register_peer_service(cli, "chat", &svc, &cs), CKT_OK);
-  cr_assert_eq(ckt_node_start(cli), CKT_OK);
+  cli = writable_client(&cs, spread_writable);
   memset(&j, 0, sizeof(j));
   memset(&k, 0, sizeof(k));
   on_loop(srv, &k, do_start);

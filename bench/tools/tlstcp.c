@@ -19,7 +19,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,8 +31,9 @@
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 
+#include "cmdline.h"
+
 enum {
-  EXIT_USAGE = 2,
   HDR_LEN = 8,
   IDLE_SECS = 30 /* the server drops a client silent this long */
 };
@@ -50,122 +50,11 @@ static const suite suite_aes = {"TLS13-AES128-GCM-SHA256",
 
 /* ---- flags ------------------------------------------------------------- */
 
-typedef enum { FLAG_BOOL, FLAG_STRING, FLAG_ULONG } flag_kind;
-
-typedef struct flag {
-  const char *name;
-  flag_kind kind;
-  void *dest; /* int *, const char **, unsigned long long * */
-  unsigned long long min, max;
-  const char *help;
-} flag;
-
 typedef struct opts {
   int serve, aes;
   const char *addr, *to, *cert, *key, *ca;
   unsigned long long bytes, chunk;
 } opts;
-
-static const flag *all_flags;
-static size_t all_nflags;
-
-static void usage(FILE *out) {
-  size_t i;
-  fprintf(out, "usage: tlstcp -serve -addr HOST:PORT -cert CRT -key KEY -ca CA "
-               "[-aes]\n"
-               "       tlstcp -to HOST:PORT -cert CRT -key KEY -ca CA -bytes N "
-               "[-aes]\n"
-               "              [-chunk BYTES]\n\n"
-               "Bulk TLS 1.3 over TCP (wolfSSL, mutual certificate "
-               "authentication): the\nclient sends N bytes, the server "
-               "acknowledges them; the client prints the\nhandshake time and "
-               "the throughput.\n\n");
-  for (i = 0; i < all_nflags; ++i) {
-    fprintf(out, "  -%-7s %s\n", all_flags[i].name, all_flags[i].help);
-  }
-}
-
-/* One sentence, then the usage, on stderr; exits 2. */
-static void usage_error(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-static void usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, "tlstcp: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "\n\n");
-  usage(stderr);
-  exit(EXIT_USAGE);
-}
-
-static int parse_ull(const char *s, unsigned long long *out) {
-  char *end;
-  if (*s < '0' || *s > '9') {
-    return -1;
-  }
-  errno = 0;
-  *out = strtoull(s, &end, 10);
-  return errno || *end ? -1 : 0;
-}
-
-/* Accepts -name, --name, -name=value and -name value. */
-static void parse_flags(int argc, char **argv, const flag *flags,
-                        size_t nflags) {
-  int i;
-  all_flags = flags;
-  all_nflags = nflags;
-  for (i = 1; i < argc; ++i) {
-    const char *a = argv[i], *val, *eq;
-    size_t len, j;
-    const flag *f = NULL;
-    if (a[0] != '-' || a[1] == '\0') {
-      usage_error("unexpected argument '%s'.", a);
-    }
-    a += a[1] == '-' ? 2 : 1;
-    if (strcmp(a, "h") == 0 || strcmp(a, "help") == 0) {
-      usage(stdout);
-      exit(0);
-    }
-    eq = strchr(a, '=');
-    len = eq ? (size_t)(eq - a) : strlen(a);
-    for (j = 0; j < nflags; ++j) {
-      if (strlen(flags[j].name) == len && strncmp(flags[j].name, a, len) == 0) {
-        f = &flags[j];
-      }
-    }
-    if (!f) {
-      usage_error("unknown option '%s'.", argv[i]);
-    }
-    if (f->kind == FLAG_BOOL) {
-      if (eq) {
-        usage_error("option '%s' takes no value.", argv[i]);
-      }
-      *(int *)f->dest = 1;
-      continue;
-    }
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc) {
-      val = argv[++i];
-    } else {
-      usage_error("option '%s' needs a value.", argv[i]);
-    }
-    if (f->kind == FLAG_STRING) {
-      if (*val == '\0') {
-        usage_error("option '-%s' needs a non-empty value.", f->name);
-      }
-      *(const char **)f->dest = val;
-    } else {
-      unsigned long long v;
-      if (parse_ull(val, &v) != 0 || v < f->min || v > f->max) {
-        usage_error("-%s wants a whole number from %llu to %llu, not '%s'.",
-                    f->name, f->min, f->max, val);
-      }
-      *(unsigned long long *)f->dest = v;
-    }
-  }
-}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -551,57 +440,63 @@ done:
 
 int main(int argc, char **argv) {
   opts o;
-  flag flags[10];
-  size_t nf = 0;
+  unsigned long bytes = ~0ul, chunk = 256 * 1024; /* ~0: not given */
   const suite *s;
   int rv;
 
   memset(&o, 0, sizeof(o));
-  o.chunk = 256 * 1024;
-  o.bytes = ~0ull; /* not given */
-  flags[nf++] =
-      (flag){"serve", FLAG_BOOL, &o.serve,
-             0,       0,         "accept clients, one at a time, until killed"};
-  flags[nf++] = (flag){
-      "addr", FLAG_STRING, &o.addr,
-      0,      0,           "HOST:PORT to serve on (PORT 0: any free port)"};
-  flags[nf++] =
-      (flag){"to", FLAG_STRING, &o.to,
-             0,    0,           "HOST:PORT of a tlstcp -serve to send to"};
-  flags[nf++] =
-      (flag){"cert",  FLAG_STRING,
-             &o.cert, 0,
-             0,       "this end's certificate (PEM, e.g. selfy's node.crt)"};
-  flags[nf++] = (flag){
-      "key", FLAG_STRING, &o.key,
-      0,     0,           "its private key (unencrypted PEM, selfy -nopass)"};
-  flags[nf++] = (flag){
-      "ca", FLAG_STRING, &o.ca,
-      0,    0,           "the CA certificate the peer's must chain to (PEM)"};
-  flags[nf++] = (flag){"bytes", FLAG_ULONG, &o.bytes,
-                       0,       1ull << 50, "bytes to send (client; required)"};
-  flags[nf++] =
-      (flag){"chunk", FLAG_ULONG,  &o.chunk,
-             1,       64ull << 20, "bytes per wolfSSL_write (default 262144)"};
-  flags[nf++] = (flag){"aes",
-                       FLAG_BOOL,
-                       &o.aes,
-                       0,
-                       0,
-                       "use TLS_AES_128_GCM_SHA256 instead of "
-                       "TLS_CHACHA20_POLY1305_SHA256"};
-  parse_flags(argc, argv, flags, nf);
+  {
+    const cmd_flag flags[] = {
+        {"serve", CMD_BOOL, &o.serve, 0, 0, NULL,
+         "accept clients, one at a time, until killed"},
+        {"addr", CMD_STRING, &o.addr, 0, 0, "HOST:PORT",
+         "serve on HOST:PORT (PORT 0: any free port)"},
+        {"to", CMD_STRING, &o.to, 0, 0, "HOST:PORT",
+         "the tlstcp -serve to send to"},
+        {"cert", CMD_STRING, &o.cert, 0, 0, "CRT",
+         "this end's certificate (PEM, e.g. selfy's node.crt)"},
+        {"key", CMD_STRING, &o.key, 0, 0, "KEY",
+         "its private key (unencrypted PEM, selfy -nopass)"},
+        {"ca", CMD_STRING, &o.ca, 0, 0, "CA",
+         "the CA certificate the peer's must chain to (PEM)"},
+        {"bytes", CMD_UINT, &bytes, 0, 1ul << 50, "N",
+         "bytes to send (client; required)"},
+        {"chunk", CMD_UINT, &chunk, 1, 64ul << 20, "BYTES",
+         "bytes per wolfSSL_write (default 262144)"},
+        {"aes", CMD_BOOL, &o.aes, 0, 0, NULL,
+         "use TLS_AES_128_GCM_SHA256 instead of\n"
+         "TLS_CHACHA20_POLY1305_SHA256"},
+    };
+    const cmd_spec spec = {
+        "tlstcp",
+        "-serve -addr HOST:PORT -cert CRT -key KEY -ca CA [-aes]\n"
+        "       tlstcp -to HOST:PORT -cert CRT -key KEY -ca CA -bytes N "
+        "[-aes] [-chunk BYTES]",
+        "Bulk TLS 1.3 over TCP (wolfSSL, mutual certificate authentication): "
+        "the\nclient sends N bytes, the server acknowledges them; the client "
+        "prints the\nhandshake time and the throughput.",
+        flags,
+        sizeof(flags) / sizeof(flags[0]),
+        NULL};
+    int first = cmd_parse(&spec, argc, argv);
+    if (first < argc) {
+      cmd_usage_error("tlstcp", "unexpected argument '%s'.", argv[first]);
+    }
+  }
+  o.bytes = bytes;
+  o.chunk = chunk;
   if (!o.cert || !o.key || !o.ca) {
-    usage_error("both ends need -cert, -key and -ca.");
+    cmd_usage_error("tlstcp", "both ends need -cert, -key and -ca.");
   }
   if (o.serve) {
     if (!o.addr || o.to) {
-      usage_error("-serve needs -addr HOST:PORT and no -to.");
+      cmd_usage_error("tlstcp", "-serve needs -addr HOST:PORT and no -to.");
     }
   } else if (!o.to || o.addr) {
-    usage_error("give -serve -addr HOST:PORT, or -to HOST:PORT -bytes N.");
-  } else if (o.bytes == ~0ull) {
-    usage_error("the client needs -bytes N.");
+    cmd_usage_error("tlstcp",
+                    "give -serve -addr HOST:PORT, or -to HOST:PORT -bytes N.");
+  } else if (bytes == ~0ul) {
+    cmd_usage_error("tlstcp", "the client needs -bytes N.");
   }
   s = o.aes ? &suite_aes : &suite_chacha;
   signal(SIGPIPE, SIG_IGN);

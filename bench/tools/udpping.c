@@ -18,7 +18,6 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cmdline.h"
+
 enum {
-  EXIT_USAGE = 2,
   BATCH = 64,        /* datagrams per recvmmsg/sendmmsg */
   MAX_DGRAM = 65507, /* largest UDP payload over IPv4 */
   HDR_LEN = 12,      /* u64 sequence number + u32 slot */
@@ -37,126 +37,12 @@ enum {
 
 /* ---- flags ------------------------------------------------------------- */
 
-typedef enum { FLAG_BOOL, FLAG_STRING, FLAG_ULONG } flag_kind;
-
-typedef struct flag {
-  const char *name;
-  flag_kind kind;
-  void *dest; /* int *, const char **, unsigned long * */
-  unsigned long min, max;
-  const char *help;
-} flag;
-
 typedef struct opts {
   int serve;
   const char *addr, *to;
   unsigned long n, size, inflight, warmup, timeout_ms;
 } opts;
 
-static void usage(FILE *out, const flag *flags, size_t nflags) {
-  size_t i;
-  fprintf(out,
-          "usage: udpping -serve -addr HOST:PORT\n"
-          "       udpping -to HOST:PORT [-n N] [-size BYTES] [-inflight K]\n"
-          "               [-warmup W] [-timeout MS]\n\n"
-          "UDP ping-pong: the server echoes every datagram; the client keeps "
-          "K in\nflight and prints round trips per second and round-trip "
-          "percentiles.\n\n");
-  for (i = 0; i < nflags; ++i) {
-    fprintf(out, "  -%-10s %s\n", flags[i].name, flags[i].help);
-  }
-}
-
-static const flag *all_flags;
-static size_t all_nflags;
-
-/* One sentence, then the usage, on stderr; exits 2. */
-static void usage_error(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-static void usage_error(const char *fmt, ...) {
-  va_list ap;
-  fprintf(stderr, "udpping: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "\n\n");
-  usage(stderr, all_flags, all_nflags);
-  exit(EXIT_USAGE);
-}
-
-static int parse_ulong(const char *s, unsigned long *out) {
-  char *end;
-  unsigned long long v;
-  if (*s < '0' || *s > '9') {
-    return -1;
-  }
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno || *end || v > (unsigned long long)~0ul) {
-    return -1;
-  }
-  *out = (unsigned long)v;
-  return 0;
-}
-
-/* Accepts -name, --name, -name=value and -name value. */
-static void parse_flags(int argc, char **argv, const flag *flags,
-                        size_t nflags) {
-  int i;
-  all_flags = flags;
-  all_nflags = nflags;
-  for (i = 1; i < argc; ++i) {
-    const char *a = argv[i], *val, *eq;
-    size_t len, j;
-    const flag *f = NULL;
-    if (a[0] != '-' || a[1] == '\0') {
-      usage_error("unexpected argument '%s'.", a);
-    }
-    a += a[1] == '-' ? 2 : 1;
-    if (strcmp(a, "h") == 0 || strcmp(a, "help") == 0) {
-      usage(stdout, flags, nflags);
-      exit(0);
-    }
-    eq = strchr(a, '=');
-    len = eq ? (size_t)(eq - a) : strlen(a);
-    for (j = 0; j < nflags; ++j) {
-      if (strlen(flags[j].name) == len && strncmp(flags[j].name, a, len) == 0) {
-        f = &flags[j];
-      }
-    }
-    if (!f) {
-      usage_error("unknown option '%s'.", argv[i]);
-    }
-    if (f->kind == FLAG_BOOL) {
-      if (eq) {
-        usage_error("option '%s' takes no value.", argv[i]);
-      }
-      *(int *)f->dest = 1;
-      continue;
-    }
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc) {
-      val = argv[++i];
-    } else {
-      usage_error("option '%s' needs a value.", argv[i]);
-    }
-    if (f->kind == FLAG_STRING) {
-      *(const char **)f->dest = val;
-    } else {
-      unsigned long v;
-      if (parse_ulong(val, &v) != 0 || v < f->min || v > f->max) {
-        usage_error("-%s wants a whole number from %lu to %lu, not '%s'.",
-                    f->name, f->min, f->max, val);
-      }
-      *(unsigned long *)f->dest = v;
-    }
-  }
-}
-
-/* ---- sockets ------------------------------------------------------------ */
-
-/* HOST:PORT or [HOST]:PORT, numeric only. */
 static int resolve(const char *hostport, struct sockaddr_storage *ss,
                    socklen_t *sslen) {
   char host[256];
@@ -592,55 +478,58 @@ done:
 
 int main(int argc, char **argv) {
   opts o;
-  flag flags[9];
-  size_t nf = 0;
-
   memset(&o, 0, sizeof(o));
   o.n = 100000;
   o.size = 64;
   o.inflight = 1;
   o.warmup = ~0ul;
   o.timeout_ms = 200;
-  flags[nf++] = (flag){"serve", FLAG_BOOL, &o.serve,
-                       0,       0,         "echo every datagram until killed"};
-  flags[nf++] = (flag){
-      "addr", FLAG_STRING, &o.addr,
-      0,      0,           "HOST:PORT to serve on (PORT 0: any free port)"};
-  flags[nf++] = (flag){
-      "to", FLAG_STRING, &o.to, 0, 0, "HOST:PORT of a udpping -serve to ping"};
-  flags[nf++] =
-      (flag){"n", FLAG_ULONG,  &o.n,
-             1,   100000000ul, "round trips to measure (default 100000)"};
-  flags[nf++] =
-      (flag){"size",  FLAG_ULONG, &o.size,
-             HDR_LEN, MAX_DGRAM,  "bytes per datagram, each way (default 64)"};
-  flags[nf++] =
-      (flag){"inflight", FLAG_ULONG, &o.inflight,
-             1,          4096,       "datagrams in flight at once (default 1)"};
-  flags[nf++] = (flag){"warmup",
-                       FLAG_ULONG,
-                       &o.warmup,
-                       0,
-                       100000000ul,
-                       "round trips first, not measured (default n/10, at "
-                       "most 5000)"};
-  flags[nf++] = (flag){
-      "timeout",     FLAG_ULONG,
-      &o.timeout_ms, 1,
-      60000,         "ms before a datagram counts as lost (default 200)"};
-  parse_flags(argc, argv, flags, nf);
+  {
+    const cmd_flag flags[] = {
+        {"serve", CMD_BOOL, &o.serve, 0, 0, NULL,
+         "echo every datagram until killed"},
+        {"addr", CMD_STRING, &o.addr, 0, 0, "HOST:PORT",
+         "serve on HOST:PORT (PORT 0: any free port)"},
+        {"to", CMD_STRING, &o.to, 0, 0, "HOST:PORT",
+         "the udpping -serve to ping"},
+        {"n", CMD_UINT, &o.n, 1, 100000000ul, "N",
+         "round trips to measure (default 100000)"},
+        {"size", CMD_UINT, &o.size, HDR_LEN, MAX_DGRAM, "BYTES",
+         "bytes per datagram, each way (default 64)"},
+        {"inflight", CMD_UINT, &o.inflight, 1, 4096, "K",
+         "datagrams in flight at once (default 1)"},
+        {"warmup", CMD_UINT, &o.warmup, 0, 100000000ul, "N",
+         "round trips first, not measured (default n/10, at most\n5000)"},
+        {"timeout", CMD_UINT, &o.timeout_ms, 1, 60000, "MS",
+         "before a datagram counts as lost (default 200)"},
+    };
+    const cmd_spec spec = {
+        "udpping",
+        "-serve -addr HOST:PORT | -to HOST:PORT [options]",
+        "UDP ping-pong: the server echoes every datagram; the client keeps K "
+        "in\nflight and prints round trips per second and round-trip "
+        "percentiles.",
+        flags,
+        sizeof(flags) / sizeof(flags[0]),
+        NULL};
+    int first = cmd_parse(&spec, argc, argv);
+    if (first < argc) {
+      cmd_usage_error("udpping", "unexpected argument '%s'.", argv[first]);
+    }
+  }
   if (o.warmup == ~0ul) {
     o.warmup = o.n / 10 < 5000 ? o.n / 10 : 5000;
   }
   signal(SIGPIPE, SIG_IGN);
   if (o.serve) {
     if (!o.addr || o.to) {
-      usage_error("-serve needs -addr HOST:PORT and no -to.");
+      cmd_usage_error("udpping", "-serve needs -addr HOST:PORT and no -to.");
     }
     return serve(&o);
   }
   if (!o.to || o.addr) {
-    usage_error("give -serve -addr HOST:PORT, or -to HOST:PORT.");
+    cmd_usage_error("udpping",
+                    "give -serve -addr HOST:PORT, or -to HOST:PORT.");
   }
   return ping(&o);
 }
